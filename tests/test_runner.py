@@ -114,10 +114,10 @@ def test_dry_run_writes_nothing_and_estimates_from_measurements(tmp_path, execs)
     results = tmp_path / "results"
     report = run("toy", results, [0, 1], dry_run=True)
     assert not results.exists() and len(report.to_run) == 8
-    assert report.estimated_seconds == pytest.approx(8 * 20.0)   # the smoke preset's declared 20 s per cell
+    assert report.estimated_seconds == pytest.approx(8 * 10.0)   # the smoke preset's declared 10 s per cell
     run("toy", results, [0])
     refined = run("toy", results, [0, 1], dry_run=True)
-    assert len(refined.to_run) == 4 and refined.estimated_seconds < 4 * 5   # measured: far below 20 s per cell
+    assert len(refined.to_run) == 4 and refined.estimated_seconds < 4 * 5   # measured: far below 10 s per cell
     assert "would run 4 cells" in refined.describe()
 
 
