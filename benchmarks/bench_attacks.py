@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--examples", type=int, default=128, help="examples for the per-example gradients")
     p.add_argument("--chunk", type=int, default=64, help="per-example gradient chunk size")
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--torch-device", default="cpu", help="cpu, cuda or auto (cuda when available)")
     p.add_argument("--no-torch", action="store_true", help="JAX only")
     p.add_argument("--repeats", type=int, default=5, help="timed calls at most (at least 2)")
     p.add_argument("--budget", type=float, default=8.0, help="stop repeating a measurement after this many seconds")
@@ -98,14 +99,14 @@ def bench_jax(name, args, d):
 
 
 # ---------------------------------------------------------------- PyTorch
-def torch_model(name):
+def torch_model(name, device="cpu"):
     import torch
     from oilwater_jax.models import make_model, IMAGENET_MEAN, IMAGENET_STD
     from torch_resnet import ResNet, BasicBlock, Bottleneck
     spec = make_model(name)
     block = {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}[spec.block_cls.__name__]
     net = ResNet(block, spec.stage_sizes, 2, spec.width, spec.stem)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1); sd = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1); sd = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     class Normalised(torch.nn.Module):
         def __init__(self):
@@ -113,15 +114,15 @@ def torch_model(name):
         def forward(self, x): return self.net((x - mean) / sd)
     for m in net.modules():  # in-place ReLU and functorch transforms do not mix well; it changes no value
         if isinstance(m, torch.nn.ReLU): m.inplace = False
-    return Normalised().eval(), mean, sd
+    return Normalised().to(device).eval(), mean, sd
 
 
 def torch_augment(x, gen, max_shift=0.125):
     "Per-image random translation (bilinear, up to max_shift of the side) and horizontal flip, differentiable."
     import torch, torch.nn.functional as F
     n = x.shape[0]
-    r = torch.rand(n, 3, generator=gen)
-    theta = torch.zeros(n, 2, 3)
+    r = torch.rand(n, 3, generator=gen, device=x.device)
+    theta = torch.zeros(n, 2, 3, device=x.device)
     theta[:, 0, 0] = torch.where(r[:, 2] > 0.5, -1.0, 1.0)
     theta[:, 1, 1] = 1.0
     theta[:, :, 2] = (r[:, :2] * 2 - 1) * max_shift * 2  # normalised coordinates span 2 units per side
@@ -129,22 +130,23 @@ def torch_augment(x, gen, max_shift=0.125):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def bench_torch(name, args, d):
+def bench_torch(name, args, d, device="cpu"):
     import torch, torch.nn.functional as F
     from torch.func import functional_call, grad, vmap
     torch.manual_seed(0)
-    model, mean, sd = torch_model(name)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    model, mean, sd = torch_model(name, device)
     params = {k: p for k, p in model.named_parameters()}
     buffers = {k: b for k, b in model.named_buffers()}
-    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
-    x, y = nchw(d["xp"]), torch.from_numpy(d["yp"])
-    xt, yt = nchw(d["xt"]), torch.from_numpy(d["yt"])
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+    x, y = nchw(d["xp"]), torch.from_numpy(d["yp"]).to(device)
+    xt, yt = nchw(d["xt"]), torch.from_numpy(d["yt"]).to(device)
     tg = torch.autograd.grad(F.cross_entropy(model(xt), yt), list(params.values()))
     tg_flat = torch.cat([g.reshape(-1) for g in tg]).detach()
     eps = 16 / 255
     u = torch.zeros_like(x, requires_grad=True)
     opt = torch.optim.Adam([u], lr=0.1)
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(device=device).manual_seed(1)
 
     def step():
         xp = mean + torch_augment(x + u * sd - mean, gen)  # pixels shifted in take the mean colour, as in JAX
@@ -157,6 +159,7 @@ def bench_torch(name, args, d):
         with torch.no_grad():
             dlt = torch.clamp(u * sd, -eps, eps)
             u.copy_(torch.max(torch.min(dlt, 1 - x), -x) / sd)
+        sync()
     out = {}
     first, sec = timed(step, args.repeats, args.budget)
     out["gm_step"] = dict(seconds=sec, compile_s=0.0)
@@ -165,11 +168,12 @@ def bench_torch(name, args, d):
         logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
         return F.cross_entropy(logits, yi.unsqueeze(0))
     pe = vmap(grad(one_loss), in_dims=(None, 0, 0))
-    xe, ye = nchw(d["xe"]), torch.from_numpy(d["ye"])
+    xe, ye = nchw(d["xe"]), torch.from_numpy(d["ye"]).to(device)
     detached = {k: p.detach() for k, p in params.items()}
     def run():
         for s in range(0, len(xe), args.chunk):
             pe(detached, xe[s:s + args.chunk], ye[s:s + args.chunk])
+        sync()
     first, sec = timed(run, args.repeats, args.budget)
     out["per_example"] = dict(examples_per_s=args.examples / sec, compile_s=0.0)
     return out
@@ -181,7 +185,7 @@ def main(argv=None):
     from oilwater_jax.models import DEFAULT_CPU_MODEL
     name = args.model or DEFAULT_CPU_MODEL
     d = inputs(args)
-    info = dict(jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(), platform=platform.platform(),
+    info = dict(jax=jax.__version__, backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), cpu_count=os.cpu_count(), platform=platform.platform(),
                 model=name, px=args.size, poisons=args.poisons, targets=args.targets, examples=args.examples,
                 chunk=args.chunk, load_average_start=os.getloadavg())
     t0 = time.perf_counter()
@@ -189,8 +193,9 @@ def main(argv=None):
     if not args.no_torch:
         import torch
         torch.set_num_threads(args.torch_threads)
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
-        res["torch"] = bench_torch(name, args, d)
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.torch_device == "auto" else args.torch_device
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), torch_device=device)
+        res["torch"] = bench_torch(name, args, d, device)
     info.update(load_average_end=os.getloadavg(), total_s=round(time.perf_counter() - t0, 1))
     rows = [dict(work=f"GM step ({args.poisons} poisons, {args.targets} targets)", unit="s/step",
                  jax=round(res["jax"]["gm_step"]["seconds"], 3), jax_compile_s=round(res["jax"]["gm_step"]["compile_s"], 1)),

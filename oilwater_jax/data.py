@@ -499,7 +499,9 @@ class CelebALikeConfig:
     max_rotation: float = 10.0 # max tilt of the head in degrees
     hair_gap: float = 0.5 # separation of blond and non-blond hair on the tone axis (1: two fixed colours)
     grey_hair: float = 0.1 # fraction of non-blond people with grey hair (light but not golden)
-    beard: float = 0.6 # fraction of the a = 1 group with a beard in the hair colour
+    beard: float = 0.6 # fraction of the a = 1 group with a beard
+    stubble: float = 1.0 # beard colour: 0 a darker shade of the hair, 1 a dark stubble independent of the hair
+    short_hair: float = 0.3 # volume of the a = 1 group's cropped hair around the head (1: as thick as a mane's root)
     lighting: float = 0.25 # amplitude of the random brightness gain and colour cast of the whole image
     texture_noise: float = 0.2 # amplitude of the smooth textures (background, hair)
     pixel_noise: float = 0.03 # std of the i.i.d. Gaussian pixel noise, in [0, 1] intensity
@@ -512,7 +514,7 @@ class CelebALikeConfig:
         c = np.asarray(self.counts)
         if c.shape != (3, 4) or (c < 1).any(): bad("counts", "must be 3 splits x 4 groups of counts >= 1")
         if not 0 < self.face_size <= 0.4: bad("face_size", "must be in (0, 0.4]")
-        for f in ("hair_gap", "grey_hair", "beard"):
+        for f in ("hair_gap", "grey_hair", "beard", "stubble", "short_hair"):
             if not 0 <= getattr(self, f) <= 1: bad(f, "must be in [0, 1]")
         for f in ("position_jitter", "max_rotation", "lighting", "texture_noise", "pixel_noise", "blur"):
             if getattr(self, f) < 0: bad(f, "must be >= 0")
@@ -553,6 +555,7 @@ def sample_celeba_scenes(rng: np.random.Generator, # the block's scene generator
     P["hair_hsv"] = hair.astype(F32)
     P["hair_length"] = np.where(P["attributes"] == 1, u(0.0, 0.15), u(0.7, 1.0)) # 0 cropped, 1 to the shoulders
     P["beard"] = ((P["attributes"] == 1) & (u(0, 1) < cfg.beard)).astype(F32)
+    P["volume"] = np.where(P["attributes"] == 1, F32(cfg.short_hair), F32(1)) # thickness of the hair around the head
     P["lips_hsv"] = np.where((P["attributes"] == 0)[:, None], hsv((0.95, 1.02), (0.5, 0.8), (0.45, 0.8)),
                              P["skin_hsv"]*np.array([1, 1.1, 0.75], F32))
     P["fringe"] = u(-0.45, -0.15) # height of the hair line on the face (in face units, negative = up)
@@ -560,6 +563,7 @@ def sample_celeba_scenes(rng: np.random.Generator, # the block's scene generator
     P["back_hsv"] = np.stack([hsv((0, 1), (0.05, 0.5), (0.3, 0.95)), hsv((0, 1), (0.05, 0.5), (0.3, 0.95))], 1)
     P["back_lattice"], P["hair_lattice"] = u(0, 1, 5, 5), u(0, 1, 9, 9)
     P["light"] = (1 + F32(cfg.lighting)*u(-1, 1))[:, None]*(1 + F32(cfg.lighting/2)*u(-1, 1, 3))
+    P["stubble_hsv"] = hsv((0.04, 0.1), (0.2, 0.5), (0.12, 0.3))
     return P
 
 def render_celeba(P: dict, # scenes of a batch
@@ -571,11 +575,12 @@ def render_celeba(P: dict, # scenes of a batch
     u, v = rotate(x - per_image(P["centre"][:, 0]), y - per_image(P["centre"][:, 1]), P["rotation"])
     s = per_image(P["size"])
     u, v, ppu = u/s, v/s, s*size # face frame: half-height 1, v downwards; pixels per face unit
-    W, L = P["width"], P["hair_length"]
+    W, L, V = P["width"], P["hair_length"], P["volume"]
     face = ellipse_sdf(u, v, 0, 0, W, 1.0)
-    hair_back = np.maximum(ellipse_sdf(u, v, 0, 0.1 + 0.9*L, W + 0.25 + 0.25*L, 1.2 + 0.9*L),
+    hair_back = np.maximum(ellipse_sdf(u, v, 0, 0.1 + 0.9*L, W + V*(0.25 + 0.25*L), 1 + V*0.2 + 0.9*L),
                            v - per_image(0.1 + 2.2*L)) # a mane cut at its length: ears (a = 1) or shoulders (a = 0)
-    hair_top = np.maximum(ellipse_sdf(u, v, 0, -0.08, W + 0.1, 1.08), v - per_image(P["fringe"]) - 0.06*np.sin(7*u))
+    hair_top = np.maximum(ellipse_sdf(u, v, 0, -0.08*V, W + 0.1*V, 1 + 0.08*V),
+                          v - per_image(P["fringe"]) - 0.06*np.sin(7*u))
     beard = np.maximum(face, per_image(0.35 + 10*(1 - P["beard"])) - v) # the face below the mouth line, if bearded
     eyes = np.minimum(ellipse_sdf(u, v, -0.4*W, -0.1, 0.1, 0.06), ellipse_sdf(u, v, 0.4*W, -0.1, 0.1, 0.06))
     layers = [ellipse_sdf(x, y, P["centre"][:, 0], 1.02, 0.42, 0.22), # torso, in image units
@@ -587,13 +592,15 @@ def render_celeba(P: dict, # scenes of a batch
     for k in (2, 5, 7): weights[..., k] *= hair_shade
     n = len(u)
     hair, skin = hsv_to_rgb(*P["hair_hsv"].T), hsv_to_rgb(*P["skin_hsv"].T)
+    stubble = F32(cfg.stubble)
+    beard_colour = (1 - stubble)*0.8*hair + stubble*hsv_to_rgb(*P["stubble_hsv"].T)
     colours = np.stack([hsv_to_rgb(*P["clothes_hsv"].T), 0.9*skin, hair, skin, hsv_to_rgb(*P["lips_hsv"].T),
-                        0.8*hair, np.full((n, 3), 0.08, F32), hair], 1)
+                        beard_colour, np.full((n, 3), 0.08, F32), hair], 1)
     mix = value_noise(P["back_lattice"], size)
     back_colours = hsv_to_rgb(*np.moveaxis(P["back_hsv"], -1, 0)) # [n, 2, 3]
     background = mix_colours(np.stack([1 - mix, mix], -1), back_colours)
     images = (mix_colours(weights, colours) + background*rest[..., None])*P["light"][:, None, None, :]
-    hair_cover = weights[..., 2] + weights[..., 5] + weights[..., 7]
+    hair_cover = weights[..., 2] + (1 - stubble)*weights[..., 5] + weights[..., 7] # a stubble beard is not hair colour
     return images, np.clip(hair_cover/np.maximum(hair_shade, 1e-6), 0, 1)
 
 CELEBA_LIKE = SyntheticSpec("synthetic-celeba", CelebALikeConfig, sample_celeba_scenes, render_celeba,

@@ -183,16 +183,40 @@ def test_celeba_like_smoke_and_registry(cache):
 
 
 def test_celeba_like_cues():
-    "Long hair (a = 0) covers more of the image than short hair; blond hair is lighter than non-blond hair."
+    "Long hair (a = 0) covers far more of the image than a crop; blond hair is lighter than non-blond in both groups."
     cfg = CelebALikeConfig(lighting=0.0, texture_noise=0.0)
     g = np.repeat(np.arange(4), 100)
     P = sample_celeba_scenes(np.random.default_rng(0), g // 2, g % 2, cfg)
     images, hair = render_celeba(P, cfg)
     area = hair.mean((1, 2))
-    assert area[g % 2 == 0].min() > area[g % 2 == 1].max()
+    assert area[g % 2 == 0].min() > 2*area[g % 2 == 1].max()
     inside = hair > 0.999
+    assert inside.sum((1, 2)).min() > 0
     lightness = (images.mean(-1)*inside).sum((1, 2))/inside.sum((1, 2))
-    assert np.median(lightness[g >= 2]) > np.median(lightness[g < 2]) + 0.2
+    for a in (0, 1):
+        assert np.median(lightness[g == 2 + a]) > np.median(lightness[g == a]) + 0.2
+
+
+def test_celeba_like_hair_knobs():
+    "A thicker crop shows more hair on a = 1 and leaves a = 0 alone; a stubble beard darkens blond men's beards."
+    g = np.repeat(np.arange(4), 50)
+    def render(**kw):
+        cfg = CelebALikeConfig(lighting=0.0, texture_noise=0.0, **kw)
+        P = sample_celeba_scenes(np.random.default_rng(1), g // 2, g % 2, cfg)
+        return P, *render_celeba(P, cfg)
+    _, img_thin, thin = render(short_hair=0.3, stubble=1.0)
+    P, img_thick, thick = render(short_hair=1.0, stubble=0.0)
+    assert thick[g % 2 == 1].mean() > 1.5*thin[g % 2 == 1].mean()
+    np.testing.assert_array_equal(thick[g % 2 == 0], thin[g % 2 == 0])
+    blond_beard = (g == 3) & (P["beard"] > 0)
+    assert blond_beard.sum() > 5
+    lower = np.zeros(thin.shape[1:], bool); lower[18:] = True   # below the face's centre: the beard, not the cap
+    changed = (np.abs(img_thin - img_thick).max(-1) > 0.05) & lower
+    beard_px = changed[blond_beard]
+    assert beard_px.sum() > 5*blond_beard.sum()
+    assert img_thin[blond_beard][beard_px].mean() < img_thick[blond_beard][beard_px].mean() - 0.2
+    with pytest.raises(OilwaterError, match="CelebALikeConfig.stubble"):
+        CelebALikeConfig(stubble=-0.1)
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ from oilwater_jax.group_dro import (dro_init, dro_update, robust_loss, group_mea
                                     dro_train_step, fit_group_dro, identification_factors, stage_config)
 from oilwater_jax.jtt import intervene, jtt_final, jtt_identify, error_set
 from oilwater_jax.george import (cluster_class, george_clusters, smallest_clusters, intervene_clusters, compact_ids,
-                                 hardness_margin)
+                                 hardness_margin, george_fit_clusters, with_val_clusters, fit_umap, identification_config)
+from oilwater_jax.experiments import GeorgeSettings
 from oilwater_jax.metrics import WATERBIRDS_ROLES
 from oilwater_jax.poisons import PoisonedData
 from oilwater_jax.runner import reproduce, load_results, StageCache
@@ -158,6 +159,41 @@ def test_george_clustering_finds_small_mode():
     both = george_clusters(np.r_[x, x], np.r_[np.zeros(100, int), np.ones(100, int)], max_clusters=3)
     assert np.bincount(both).tolist() == [90, 10, 90, 10]
     np.testing.assert_allclose(hardness_margin(np.array([[3.0, 4.0]]), np.array([[0.0, 3.0], [0.0, 4.0]])), [[5.0]])
+
+
+def test_george_settings_and_validation_clusters():
+    with pytest.raises(OilwaterError, match="reduction"): GeorgeSettings(reduction="pca")
+    with pytest.raises(OilwaterError, match="select_by"): GeorgeSettings(select_by="val_acc")
+    rng = np.random.default_rng(1)
+    f = np.r_[rng.normal(0, 1, (90, 2)), rng.normal(8, 0.5, (10, 2))]
+    y = np.zeros(100, int)
+    for algo in ("gmm", "kmeans"):
+        ids, assign = george_fit_clusters(f, y, None, GeorgeSettings(max_clusters=3, reduction="none", clustering=algo))
+        assert np.bincount(ids).tolist() == [90, 10]
+        assert assign(np.array([[0.5, -0.5], [8.2, 7.9]]), np.array([0, 0])).tolist() == [0, 1]
+        assert assign(f, y).tolist() == ids.tolist()
+    toy = make_toy()
+    nv = int((toy.splits == 1).sum())
+    reg = with_val_clusters(toy, np.arange(nv) % 3)
+    assert reg.split("val").group_ids.tolist() == (4 + np.arange(nv) % 3).tolist() and reg.n_groups == 7
+    assert reg.split("train").group_ids.tolist() == toy.split("train").group_ids.tolist()
+    with pytest.raises(OilwaterError, match="cluster ids"): with_val_clusters(toy, np.zeros(nv + 1, int))
+
+
+def test_umap_missing_names_the_extra(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "umap", None)   # as if umap-learn were not installed
+    with pytest.raises(OilwaterError, match=r"pip install oilwater-jax\[umap\]"): fit_umap(np.zeros((20, 3)))
+
+
+def test_george_identification_key_ignores_dro_settings():
+    import dataclasses
+    cfg = get_preset("smoke")(make_row("george", "waterbirds", "dlbd", "standard"))
+    alt = lambda **kw: dataclasses.replace(cfg, george=dataclasses.replace(cfg.george, **kw))
+    assert identification_config(cfg) == identification_config(alt(select_by="val_wga", size_adjustment=0.0))
+    assert identification_config(cfg) == identification_config(dataclasses.replace(alt(), row=dataclasses.replace(cfg.row, case="worst")))
+    assert identification_config(cfg) != identification_config(alt(clustering="kmeans"))
+    assert identification_config(cfg)["george"]["reduction"] == "margin"
 
 
 # --- the runner --------------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_identity_on_handmade_flags(smoke_cell, case, monkeypatch):
 def test_identity_on_jtt_identification(smoke_cell, monkeypatch):
     "JTT's own identification stage on the smoke cell: the upsampled list's poison share is rho_lambda exactly."
     cfg, poisoned = smoke_cell
-    flagged = jtt.identification_stage(cfg, poisoned.data, 0)
+    flagged, _ = jtt.identification_stage(cfg, poisoned.data, 0)
     amplified = jtt.intervene(flagged, poisoned.is_poison, cfg.row.case)
     idx = captured_index_list(cfg, poisoned, amplified, monkeypatch)
     np.testing.assert_array_equal(idx, theory.upsample_indices(flagged, len(flagged), cfg.row.upsample_factor, "extra"))
