@@ -20,11 +20,11 @@ __all__ = ['WATERBIRDS_COUNTS', 'CELEBA_COUNTS', 'WATERBIRDS_GROUPS', 'WATERBIRD
            'GENERATOR_VERSION', 'BLOCK', 'MAX_CHUNK_PIXELS', 'WATERBIRDS_LIKE', 'CELEBA_GROUPS', 'CELEBA_CLASSES',
            'CELEBA_LIKE', 'DATASETS', 'scale_counts', 'group_layout', 'pixel_centers', 'per_image', 'image_grid',
            'rotate', 'ellipse_sdf', 'capsule_sdf', 'coverage', 'layer_weights', 'mix_colours', 'value_noise',
-           'hsv_to_rgb', 'gaussian_blur', 'finish_images', 'WaterbirdsLikeConfig', 'sample_waterbirds_scenes',
-           'take_scenes', 'land_background', 'water_background', 'bird_geometry', 'draw_birds', 'render_waterbirds',
-           'SyntheticSpec', 'generate_synthetic', 'synthetic_cache_path', 'load_synthetic', 'load_synthetic_waterbirds',
-           'show_groups', 'CelebALikeConfig', 'sample_celeba_scenes', 'render_celeba', 'load_synthetic_celeba',
-           'load_dataset']
+           'hsv_to_rgb', 'gaussian_blur', 'finish_images', 'SyntheticLayout', 'WaterbirdsLikeConfig',
+           'sample_waterbirds_scenes', 'take_scenes', 'land_background', 'water_background', 'bird_geometry',
+           'draw_birds', 'render_waterbirds', 'SyntheticSpec', 'generate_synthetic', 'synthetic_cache_path',
+           'load_synthetic', 'load_synthetic_waterbirds', 'show_groups', 'CelebALikeConfig', 'sample_celeba_scenes',
+           'render_celeba', 'load_synthetic_celeba', 'load_dataset']
 
 # %% ../nbs/01_data.ipynb #ebefbc2e
 WATERBIRDS_COUNTS = ((3498, 184, 56, 1057), (467, 466, 133, 133), (2255, 2255, 642, 642)) # train, val, test x groups 0..3
@@ -177,8 +177,24 @@ def finish_images(images: np.ndarray, # float [n, h, w, 3], nominally in [0, 1]
 # %% ../nbs/01_data.ipynb #dddc45b3
 GENERATOR_VERSION = 1 # bump when a change to the drawing code changes the images (it keys the cache)
 
+class SyntheticLayout:
+    "What every synthetic data set's config shares: `image_size`, `scale` and `counts`, their checks and `split_counts`."
+    def _bad(self, field: str, why: str):
+        raise OilwaterError(f"{type(self).__name__}.{field} {why}, got {getattr(self, field)!r}.")
+
+    def _check_layout(self):
+        if int(self.image_size) != self.image_size or self.image_size < 8: self._bad("image_size", "must be an integer >= 8")
+        if not 0 < self.scale <= 1: self._bad("scale", "must be in (0, 1]")
+        c = np.asarray(self.counts)
+        if c.shape != (3, 4) or (c < 1).any(): self._bad("counts", "must be 3 splits x 4 groups of counts >= 1")
+
+    @property
+    def split_counts(self) -> np.ndarray:
+        "The counts actually generated, int64 [3 splits, 4 groups]."
+        return scale_counts(self.counts, self.scale)
+
 @dataclass(frozen=True)
-class WaterbirdsLikeConfig:
+class WaterbirdsLikeConfig(SyntheticLayout):
     "A procedural Waterbirds-like data set: label = bird shape, spurious attribute = background."
     image_size: int = 32 # side of the square images in pixels (32, 64, 224...; the scene is resolution-free)
     seed: int = 0 # seed of everything random: the layout, the scenes and the pixel noise
@@ -197,11 +213,7 @@ class WaterbirdsLikeConfig:
     blur: float = 0.005 # std of the final Gaussian blur as a fraction of the image side
 
     def __post_init__(self):
-        def bad(field, why): raise OilwaterError(f"WaterbirdsLikeConfig.{field} {why}, got {getattr(self, field)!r}.")
-        if int(self.image_size) != self.image_size or self.image_size < 8: bad("image_size", "must be an integer >= 8")
-        if not 0 < self.scale <= 1: bad("scale", "must be in (0, 1]")
-        c = np.asarray(self.counts)
-        if c.shape != (3, 4) or (c < 1).any(): bad("counts", "must be 3 splits x 4 groups of counts >= 1")
+        self._check_layout(); bad = self._bad
         for f in ("bird_size", "size_jitter", "position_jitter", "max_rotation", "shape_jitter", "outline", "texture_noise",
                   "pixel_noise", "blur"):
             if getattr(self, f) < 0: bad(f, "must be >= 0")
@@ -214,11 +226,6 @@ class WaterbirdsLikeConfig:
     def smoke(cls, **kw) -> "WaterbirdsLikeConfig":
         "2% of the counts (236 images, every group present in every split): for tests."
         return cls(**{"scale": 0.02, **kw})
-
-    @property
-    def split_counts(self) -> np.ndarray:
-        "The counts actually generated, int64 [3 splits, 4 groups]."
-        return scale_counts(self.counts, self.scale)
 
 # %% ../nbs/01_data.ipynb #33a71161
 def _lerp(a, b, t): return a + (b - a)*t
@@ -488,7 +495,7 @@ CELEBA_GROUPS = ("not blond/female", "not blond/male", "blond/female", "blond/ma
 CELEBA_CLASSES = ("not blond", "blond")
 
 @dataclass(frozen=True)
-class CelebALikeConfig:
+class CelebALikeConfig(SyntheticLayout):
     "A procedural CelebA-like data set: label = blond hair, spurious attribute = a 'male' look (short hair, beard)."
     image_size: int = 32 # side of the square images in pixels (the scene is resolution-free)
     seed: int = 0 # seed of everything random: the layout, the scenes and the pixel noise
@@ -508,11 +515,7 @@ class CelebALikeConfig:
     blur: float = 0.005 # std of the final Gaussian blur as a fraction of the image side
 
     def __post_init__(self):
-        def bad(field, why): raise OilwaterError(f"CelebALikeConfig.{field} {why}, got {getattr(self, field)!r}.")
-        if int(self.image_size) != self.image_size or self.image_size < 8: bad("image_size", "must be an integer >= 8")
-        if not 0 < self.scale <= 1: bad("scale", "must be in (0, 1]")
-        c = np.asarray(self.counts)
-        if c.shape != (3, 4) or (c < 1).any(): bad("counts", "must be 3 splits x 4 groups of counts >= 1")
+        self._check_layout(); bad = self._bad
         if not 0 < self.face_size <= 0.4: bad("face_size", "must be in (0, 0.4]")
         for f in ("hair_gap", "grey_hair", "beard", "stubble", "short_hair"):
             if not 0 <= getattr(self, f) <= 1: bad(f, "must be in [0, 1]")
@@ -524,11 +527,6 @@ class CelebALikeConfig:
     def smoke(cls, **kw) -> "CelebALikeConfig":
         "0.2% of CelebA's counts (406 images, every group present in every split): for tests."
         return cls(**{"scale": 0.002, **kw})
-
-    @property
-    def split_counts(self) -> np.ndarray:
-        "The counts actually generated, int64 [3 splits, 4 groups]."
-        return scale_counts(self.counts, self.scale)
 
 def sample_celeba_scenes(rng: np.random.Generator, # the block's scene generator
                          labels: np.ndarray, # int [n], 1 blond
