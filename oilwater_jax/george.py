@@ -18,8 +18,9 @@ from .core import OilwaterError, GroupDataset, SPLIT_IDS, check_choice
 from .experiments import RunConfig, GeorgeSettings, CASES, GEORGE_REDUCTIONS, GEORGE_CLUSTERINGS
 from .train import TrainConfig, TrainState, FitResult, fit, predict, evaluate
 from .runner import register_method
-from .group_dro import (DRO_STEP_SIZE, Cell, fit_group_dro, cell_data, stage_config, identification_factors,
-                                    accuracy_metrics, attack_results)
+from .group_dro import DRO_STEP_SIZE, fit_group_dro
+from .cells import (Cell, cell_data, stage_config, identification_factors,
+                                accuracy_metrics, attack_results)
 from . import pipeline
 
 # %% auto #0

@@ -18,15 +18,13 @@ from .core import OilwaterError, GroupDataset, images_to_float
 from .experiments import RunConfig
 from .train import (TrainConfig, TrainState, FitResult, create_train_state, resolve_model, per_example_loss,
                                 epoch_batches, evaluate)
-from .metrics import factors_by_role
-from .poisons import PoisonedData, ROLES_BY_DATASET
 from .runner import register_method
-from . import pipeline, attack_runs
+from .cells import cell_data, accuracy_metrics, attack_results
+from . import pipeline
 
 # %% auto #0
 __all__ = ['DRO_STEP_SIZE', 'DROState', 'dro_init', 'dro_update', 'robust_loss', 'group_mean_losses', 'size_adjustment',
-           'dro_train_step', 'fit_group_dro', 'Cell', 'cell_data', 'stage_config', 'identification_factors',
-           'accuracy_metrics', 'method_clean_reference', 'attack_results', 'train_group_dro', 'run_group_dro']
+           'dro_train_step', 'fit_group_dro', 'train_group_dro', 'run_group_dro']
 
 # %% ../nbs/21_group_dro.ipynb #5305de29
 DRO_STEP_SIZE = 0.01 # η of group DRO and GEORGE (both reference implementations)
@@ -155,82 +153,6 @@ def fit_group_dro(cfg: TrainConfig, # hyperparameters (use `sampler="group_balan
     return FitResult(state=best_state, best_epoch=best_epoch, val=best_val,
                      test=evaluate(best_state, test, train_counts, cfg.eval_batch_size), history=history,
                      seconds=time.perf_counter() - t0)
-
-# %% ../nbs/21_group_dro.ipynb #d93047c3
-class Cell(NamedTuple):
-    "A table cell's data: the clean set, the set the method trains on, and the poisons' provenance."
-    clean: GroupDataset # the cell's clean data (all splits)
-    data: GroupDataset # what the method trains on: `poisoned.data` under attack, else `clean`
-    poisoned: PoisonedData | None # the attack's output (provenance, test inputs), or None without an attack
-    roles: dict # role name -> group ids of the row's data set
-
-def cell_data(cfg: RunConfig, # the cell's config
-              seed: int, # the cell's seed (draws the poisons)
-              stages=None, # the runner's `StageCache` (the attack caches what it crafts there)
-             ) -> Cell:
-    "The cell's clean data, its (possibly poisoned) training data and the poisons' provenance."
-    clean = pipeline.run_data(cfg)
-    poisoned = attack_runs.poison_for_run(cfg, clean, seed, stages)
-    return Cell(clean, clean if poisoned is None else poisoned.data, poisoned, ROLES_BY_DATASET[cfg.row.data])
-
-def stage_config(cfg: RunConfig, # the cell's config
-                 stages: tuple = (), # the stages whose optimisers the cached value depends on (default: all)
-                 **row_changes, # RowConfig fields the value does not depend on, set to None (e.g. `case=None`)
-                ) -> dict:
-    "A JSON-able description of what a shared stage depends on: the cell's config minus what it ignores."
-    d = dataclasses.asdict(cfg)
-    d["row"].update(row_changes)
-    if stages: d["stages"] = {s: d["stages"][s] for s in stages}
-    return d
-
-def identification_factors(selected: np.ndarray, # bool [n_train], samples the method singled out for amplification
-                           train: GroupDataset, # the training split the method saw (poisons included)
-                           poisoned: PoisonedData | None, # provenance of `train`; None: no attack
-                           roles: dict, # role name -> group ids, e.g. `metrics.WATERBIRDS_ROLES`
-                          ) -> dict:
-    "IDNF of poisons, LRG-1, LRG-2 and HRG, in percent (poisons by provenance)."
-    selected = np.asarray(selected, bool)
-    if selected.shape != (len(train),):
-        raise OilwaterError(f"identification_factors: selected has shape {selected.shape}, expected ({len(train)},).")
-    is_poison = None if poisoned is None else poisoned.is_poison
-    groups = train.group_ids if poisoned is None else poisoned.base_group_ids
-    f = factors_by_role(selected, groups, is_poison, roles)
-    return {"idnf_poisons": 100 * f.get("poisons", np.nan), "idnf_lrg1": 100 * f["LRG-1"],
-            "idnf_lrg2": 100 * f["LRG-2"], "idnf_hrg": 100 * f["HRG"]}
-
-def accuracy_metrics(result: FitResult, # the method's final training run
-                     data: str, # the row's data set ("waterbirds" or "celeba"), for its ACC convention
-                    ) -> dict:
-    "Test ACC, WGA (and diagnostics) of a training run, in percent (`pipeline.percent_metrics`)."
-    return pipeline.percent_metrics(result, data)
-
-# %% ../nbs/21_group_dro.ipynb #79734031
-def method_clean_reference(cfg: RunConfig, # the cell's config
-                    seed: int, # the cell's seed
-                    stages, # the runner's `StageCache`
-                    cell: Cell, # the cell's data
-                    train_fn, # GroupDataset -> TrainState: the method trained on the given (clean) data
-                   ) -> TrainState | None:
-    "SA only: the method trained on the clean data (cached per row without case, and seed); else None."
-    if cell.poisoned is None or cell.poisoned.attack != "sa": return None
-    compute = lambda: jax.device_get(train_fn(cell.clean).variables)
-    config = stage_config(cfg, case=None, attack="none", poison_fraction=0.0)
-    variables = stages.get(f"{cfg.row.method}_clean", config, seed, compute) if stages is not None else compute()
-    model = resolve_model(cfg.model, cell.clean.n_classes)
-    state = create_train_state(jax.random.key(0), model, cell.clean.image_shape, TrainConfig())
-    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-
-def attack_results(cfg: RunConfig, # the cell's config
-                   seed: int, # the cell's seed
-                   stages, # the runner's `StageCache`
-                   cell: Cell, # the cell's data
-                   state: TrainState, # the model the method trained on `cell.data`
-                   train_fn, # GroupDataset -> TrainState, for SA's clean reference
-                  ) -> dict:
-    "The attack's metrics in percent ({} without an attack)."
-    if cell.poisoned is None: return {}
-    return attack_runs.attack_metrics(cell.poisoned, state, clean_state=method_clean_reference(cfg, seed, stages, cell, train_fn),
-                                     batch_size=cfg.eval_batch_size)
 
 # %% ../nbs/21_group_dro.ipynb #0709ff6d
 def train_group_dro(cfg: RunConfig, # the cell's config (stage "train")

@@ -15,8 +15,8 @@ from .experiments import RunConfig, CASES
 from .train import TrainConfig, TrainState, FitResult, fit, predict
 from .theory import upsample_indices
 from .runner import register_method
-from .group_dro import (Cell, cell_data, stage_config, identification_factors, accuracy_metrics,
-                                    attack_results)
+from .cells import (Cell, cell_data, stage_config, identification_factors, accuracy_metrics,
+                                attack_results)
 from . import pipeline
 
 # %% auto #0

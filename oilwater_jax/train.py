@@ -196,6 +196,12 @@ class FitResult:
         return {**self.val.as_dict("val_"), **self.test.as_dict("test_"), "best_epoch": self.best_epoch,
                 "seconds": self.seconds}
 
+def _check_index_list(index_list, n: int) -> np.ndarray:
+    index_list = np.asarray(index_list)
+    if index_list.size == 0 or index_list.min() < 0 or index_list.max() >= n:
+        raise OilwaterError(f"index_list must hold indices into the {n} training samples (got {index_list.size} entries).")
+    return index_list
+
 def fit(cfg: TrainConfig, # hyperparameters
         data: GroupDataset, # all splits; training uses 'train', selection 'val', reporting 'test'
         key: jax.Array, # the run's key
@@ -205,6 +211,7 @@ def fit(cfg: TrainConfig, # hyperparameters
         record_last_epoch: bool = False, # keep per-sample training-pass losses/correctness of the last epoch
         progress: bool = True, # show a progress bar over epochs
         state: TrainState | None = None, # continue from this state instead of a fresh initialisation
+        before_epoch: Callable | None = None, # (epoch, state, index_list) -> new index_list or None, called before each epoch
        ) -> FitResult:
     "Train with SGD, select the epoch by validation metric, and evaluate on test."
     t0 = time.perf_counter()
@@ -214,9 +221,7 @@ def fit(cfg: TrainConfig, # hyperparameters
     init_key, order_key = jax.random.split(key)
     if state is None: state = create_train_state(init_key, model, data.image_shape, cfg)
     n = len(train)
-    index_list = np.arange(n) if index_list is None else np.asarray(index_list)
-    if index_list.size == 0 or index_list.min() < 0 or index_list.max() >= n:
-        raise OilwaterError(f"index_list must hold indices into the {n} training samples.")
+    index_list = np.arange(n) if index_list is None else _check_index_list(index_list, n)
     sample_w = np.ones(n, np.float32) if loss_weights is None else np.asarray(loss_weights, np.float32)
     if sample_w.shape != (n,): raise OilwaterError(f"loss_weights must have shape ({n},), got {sample_w.shape}.")
     images, labels = jax.device_put(train.images), jax.device_put(train.labels.astype(np.int32))
@@ -226,6 +231,9 @@ def fit(cfg: TrainConfig, # hyperparameters
                disable=not progress, leave=False)
     for epoch in bar:
         te = time.perf_counter()
+        if before_epoch is not None:
+            changed = before_epoch(epoch, state, index_list)
+            if changed is not None: index_list = _check_index_list(changed, n)
         batches, pad_w = epoch_batches(jax.random.fold_in(order_key, epoch), index_list, train.group_ids,
                                        cfg.batch_size, cfg.sampler)
         weights = pad_w * sample_w[batches]
@@ -234,7 +242,7 @@ def fit(cfg: TrainConfig, # hyperparameters
             state, m = train_step(state, images, labels, jnp.asarray(idx), jnp.asarray(w))
             losses.append(m["loss"])
             if record_last_epoch and epoch == cfg.epochs: record.append((idx, w, m["losses"], m["correct"]))
-        row = {"epoch": epoch, "train_loss": float(np.mean(jax.device_get(losses)))}
+        row = {"epoch": epoch, "train_loss": float(np.mean(jax.device_get(losses))), "n_visits": int(len(index_list))}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             vm = evaluate(state, val, train_counts, cfg.eval_batch_size)
             row.update(vm.as_dict("val_"))

@@ -9,7 +9,8 @@ import flax.linen as nn
 from oilwater_jax.core import GroupDataset, OilwaterError
 from oilwater_jax.experiments import get_preset, get_table, make_row
 from oilwater_jax.group_dro import (dro_init, dro_update, robust_loss, group_mean_losses, size_adjustment,
-                                    dro_train_step, fit_group_dro, identification_factors, stage_config)
+                                    dro_train_step, fit_group_dro)
+from oilwater_jax.cells import identification_factors, stage_config
 from oilwater_jax.jtt import intervene, jtt_final, jtt_identify, error_set
 from oilwater_jax.george import (cluster_class, george_clusters, smallest_clusters, intervene_clusters, compact_ids,
                                  hardness_margin, george_fit_clusters, with_val_clusters, fit_umap, identification_config)
