@@ -17,12 +17,12 @@ from PIL import Image
 from .core import OilwaterError, GroupDataset, SPLITS, cache_dir, check_choice, config_hash
 
 # %% auto #0
-__all__ = ['WATERBIRDS_FOLDER', 'WATERBIRDS_LAYOUTS', 'CELEBA_LAYOUTS', 'CELEBA_ATTRIBUTES', 'TRANSFORMS', 'PREPARED_VERSION',
-           'WATERBIRDS_GROUPS', 'WATERBIRDS_CLASSES', 'CELEBA_GROUPS', 'CELEBA_CLASSES', 'REAL_DATASETS', 'RealIndex',
-           'split_group_counts', 'Layout', 'write_fixture_waterbirds', 'write_fixture_celeba', 'find_layout',
-           'read_waterbirds_index', 'read_celeba_index', 'stratified_subsample', 'center_crop', 'waterbirds_transform',
-           'celeba_transform', 'PreparedImages', 'prepared_folder', 'prepare_images', 'read_prepared', 'load_prepared',
-           'load_waterbirds', 'load_celeba']
+__all__ = ['WATERBIRDS_FOLDER', 'WATERBIRDS_LAYOUTS', 'CELEBA_LAYOUTS', 'CELEBA_ATTRIBUTES', 'DATA_ENV', 'REAL_LAYOUTS',
+           'TRANSFORMS', 'PREPARED_VERSION', 'WATERBIRDS_GROUPS', 'WATERBIRDS_CLASSES', 'CELEBA_GROUPS',
+           'CELEBA_CLASSES', 'REAL_DATASETS', 'RealIndex', 'split_group_counts', 'Layout', 'write_fixture_waterbirds',
+           'write_fixture_celeba', 'find_layout', 'read_waterbirds_index', 'data_folder', 'read_celeba_index',
+           'stratified_subsample', 'center_crop', 'waterbirds_transform', 'celeba_transform', 'PreparedImages',
+           'prepared_folder', 'prepare_images', 'read_prepared', 'load_prepared', 'load_waterbirds', 'load_celeba']
 
 # %% ../nbs/02_real_data.ipynb #9a1113c2
 @dataclass(frozen=True, eq=False)
@@ -274,6 +274,32 @@ def read_waterbirds_index(root: str | Path, # the release folder, its parent, or
     _check_images_exist(paths, lines, source)
     return RealIndex("waterbirds", found.name, folder, tuple(map(str, paths)), np.array(labels, np.int32),
                      np.array(places, np.int32), np.array(splits, np.int8), ids, source, lines)
+
+# %% ../nbs/02_real_data.ipynb #19d0df37
+DATA_ENV = "OILWATER_DATA" # the environment variable naming the data root
+REAL_LAYOUTS = {"waterbirds": WATERBIRDS_LAYOUTS, "celeba": CELEBA_LAYOUTS}
+
+def data_folder(name: str, # 'waterbirds' or 'celeba'
+                root: str | Path | None = None, # the data root (`--root`); None: `$OILWATER_DATA`
+               ) -> Path:
+    "The folder of real data set `name`: `<root>/<name>/`, the root from `root` or `$OILWATER_DATA`; else a clear error."
+    check_choice(name, tuple(REAL_LAYOUTS), "real data set")
+    base = root if root is not None else os.environ.get(DATA_ENV)
+    if not base:
+        raise OilwaterError(f"Data set {name!r} is read from your copy of its files: set {DATA_ENV} (or pass --root) "
+                            f"to the data root, a folder holding {name}/ (and the other real data sets beside it).")
+    base = Path(base).expanduser(); path = base/name
+    if path.is_dir(): return path
+    src = "--root" if root is not None else DATA_ENV
+    if not base.is_dir(): raise OilwaterError(f"{src} {base} does not exist (or is not a folder); it should hold {name}/.")
+    try: find_layout(base, REAL_LAYOUTS[name], what=name); itself = True
+    except OilwaterError: itself = False
+    if itself:
+        raise OilwaterError(f"{src} {base} is the {name} folder itself, but the data root is the folder that holds "
+                            f"{name}/: move or link it, e.g. `mkdir -p ROOT && ln -s {base.resolve()} ROOT/{name}`, "
+                            f"then use ROOT.")
+    raise OilwaterError(f"{src} {base} has no {name}/ folder; the data root holds one folder per data set "
+                        f"({', '.join(f'{n}/' for n in REAL_LAYOUTS)}).")
 
 # %% ../nbs/02_real_data.ipynb #ccac33fe
 def _celeba_txt(folder: Path):
