@@ -9,7 +9,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/cli.html.md"""
 __all__ = ['ENVIRONMENT', 'ENV_HELP', 'app', 'data_app', 'train_app', 'INTERRUPTED', 'TABLES_HELP', 'join_seeds', 'parse_seeds',
            'run_cli', 'main', 'dataset_names', 'load_data', 'group_counts_table', 'data_list', 'check_output_file',
            'data_show', 'prepare_data', 'data_prepare', 'metrics_record', 'format_group_table', 'train_erm',
-           'reproduce_cmd', 'tables_cmd', 'docs_cmd']
+           'reproduce_cmd', 'tables_cmd', 'docs_cmd', 'readme_cmd']
 
 # %% ../nbs/90_cli.ipynb #933a1558
 import dataclasses, functools, inspect, io, math, os, re, sys, time
@@ -389,6 +389,16 @@ def docs_cmd(out: Path = typer.Option(Path("_site"), "--out", help="Where the si
     from oilwater_jax.docs import build_docs
     site = build_docs(out, results_dir=results)
     print(f"site: {site}\nserve it with: python -m http.server -d {site}")
+    return 0
+
+@app.command("readme")
+@_interruptible
+def readme_cmd(project: Optional[Path] = typer.Option(None, "--project", help="Project root (default: found from the "
+                                                      "working directory)."),
+              ):
+    "Write README.md from nbs/index.ipynb (an explicit step: `oilwater docs` never touches the README)."
+    from oilwater_jax.docs import write_readme
+    print(f"wrote {write_readme(project)}")
     return 0
 
 # %% ../nbs/90_cli.ipynb #54bf79f6
