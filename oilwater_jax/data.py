@@ -441,7 +441,9 @@ def arrays_checksum(arrays: dict, # name -> array, e.g. a cache file's contents
 
 def _read_cache(path: Path, spec: SyntheticSpec) -> GroupDataset:
     "A cache file's data set; `ValueError` if it is unreadable or its checksum does not match its arrays."
-    with np.load(path, allow_pickle=False) as z: arrays = {k: z[k] for k in (*_CACHED_ARRAYS, "checksum")}
+    with np.load(path, allow_pickle=False) as z:
+        if "checksum" not in z.files: raise ValueError("no checksum (written by an older version of the package)")
+        arrays = {k: z[k] for k in (*_CACHED_ARRAYS, "checksum")}
     if str(arrays["checksum"]) != arrays_checksum(arrays): raise ValueError("checksum mismatch (edited or damaged)")
     return GroupDataset(**{k: arrays[k] for k in _CACHED_ARRAYS}, name=spec.name, group_names=spec.group_names,
                         class_names=spec.class_names)
