@@ -539,7 +539,8 @@ def load_prepared(index: RealIndex, # the rows to load (after any subsampling)
             print(f"warning: the prepared {index.name} cache {folder} is damaged ({type(e).__name__}: {why}); "
                   "deleting it and preparing it again.", file=sys.stderr)
             shutil.rmtree(folder)
-    try: return read_prepared(prepare_images(index, image_size, cache), index, group_names, class_names)
+    builder = prepare_images(index, image_size, cache)  # an error while preparing (a bad image) is raised as it is
+    try: return read_prepared(builder, index, group_names, class_names)
     except OilwaterError: raise
     except Exception as e:
         raise OilwaterError(f"{folder}: the prepared {index.name} cache cannot be read right after preparing it "
