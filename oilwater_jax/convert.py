@@ -7,7 +7,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/convert.html.md"""
 
 # %% ../nbs/04_convert.ipynb #4a9818cd
 from __future__ import annotations
-import collections, io, pickle, re, zipfile
+import collections, io, math, pickle, re, zipfile
 from pathlib import Path
 from typing import Any, Mapping
 import numpy as np
@@ -17,8 +17,8 @@ from .core import OilwaterError
 from .models import Linear, make_model, count_params
 
 # %% auto #0
-__all__ = ['STATE_DICT_SUFFIXES', 'read_torch_zip', 'read_state_dict', 'torch_key_to_flax', 'flax_path_to_torch',
-           'expected_variables', 'convert_state_dict', 'variables_to_state_dict', 'load_pretrained']
+__all__ = ['STATE_DICT_SUFFIXES', 'RESNET_DEPTHS', 'read_torch_zip', 'read_state_dict', 'torch_key_to_flax', 'flax_path_to_torch',
+           'expected_variables', 'resnet_shape', 'convert_state_dict', 'variables_to_state_dict', 'load_pretrained']
 
 # %% ../nbs/04_convert.ipynb #2f559e61
 _STORAGE_DTYPES = {
@@ -59,11 +59,12 @@ class _TorchZipUnpickler(pickle.Unpickler):
         _, storage_type, key, _location, numel = pid[:5]
         if key not in self.storages:
             name = f"{self.prefix}data/{key}"
-            try: raw = self.archive.read(name)
+            try: size = self.archive.getinfo(name).file_size
             except KeyError: raise OilwaterError(f"{self.path}: storage {name!r} is missing from the archive.") from None
             dtype = storage_type.dtype.newbyteorder("<" if self.byteorder == "little" else ">")
-            if len(raw) < numel * dtype.itemsize:
-                raise OilwaterError(f"{self.path}: storage {name!r} has {len(raw)} bytes, expected {numel} × {dtype.itemsize}.")
+            if not isinstance(numel, int) or numel < 0 or size < numel * dtype.itemsize:  # checked before reading anything
+                raise OilwaterError(f"{self.path}: storage {name!r} has {size} bytes, expected {numel} × {dtype.itemsize}.")
+            raw = self.archive.read(name)
             self.storages[key] = np.frombuffer(raw, dtype, count=numel).astype(storage_type.dtype)
         return self.storages[key]
 
@@ -75,6 +76,10 @@ class _TorchZipUnpickler(pickle.Unpickler):
         if offset < 0 or any(s < 0 for s in stride) or last >= storage.size:
             raise OilwaterError(f"{self.path}: a tensor view (offset {offset}, size {size}, stride {stride}) lies outside "
                                 f"its storage of {storage.size} elements.")
+        if math.prod(size) > storage.size - offset:  # an expanded (zero- or overlapping-stride) view: refuse before copying
+            raise OilwaterError(f"{self.path}: a tensor of size {size} (stride {stride}) has {math.prod(size)} elements but "
+                                f"reuses a storage of {storage.size}; a state_dict's tensors hold their own data. "
+                                "Re-save it with `{k: v.contiguous().clone() for k, v in sd.items()}`.")
         view = np.lib.stride_tricks.as_strided(storage[offset:], size, [s * storage.itemsize for s in stride],
                                                writeable=False)
         return np.array(view)
@@ -116,10 +121,22 @@ def read_state_dict(path: str | Path, # `.pth`/`.pt`/`.bin` (torch zip), `.npz` 
     if suffix in (".pth", ".pt", ".bin"): return read_torch_zip(path)
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f: return {k: f[k] for k in f.files}
+            if not zipfile.is_zipfile(path):
+                raise OilwaterError(f"{path}: not an .npz archive (not a zip file); save the weights with "
+                                    "`numpy.savez(path, **state_dict)` or as .safetensors.")
+            with np.load(path, allow_pickle=False) as f:
+                out = {}
+                for k in f.files:
+                    try: out[k] = f[k]
+                    except ValueError: raise OilwaterError(
+                        f"{path}: array {k!r} holds Python objects (pickled data), not numbers; weights files may hold "
+                        "only numeric arrays, so it is refused. Re-save the tensors as numbers "
+                        "(`numpy.savez(path, **{k: v.numpy() for k, v in sd.items()})`).") from None
+                return out
         if suffix == ".safetensors":
             from safetensors.numpy import load_file
             return load_file(str(path))
+    except OilwaterError: raise
     except Exception as e: raise OilwaterError(f"{path}: cannot read it as {suffix}: {e}") from e
     raise OilwaterError(f"{path}: unknown weights format {suffix!r}; use one of {', '.join(STATE_DICT_SUFFIXES)}.")
 
@@ -179,6 +196,22 @@ def _torch_shape(collection, path, shape) -> tuple:
     if len(shape) == 2: return (shape[1], shape[0])
     return tuple(shape)
 
+RESNET_DEPTHS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+                 ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+
+def resnet_shape(keys, # torchvision state_dict keys
+                ) -> str:
+    "The torchvision ResNet that `keys` describe ('resnet18 (blocks 2-2-2-2, basic)'), from its blocks per stage."
+    blocks = tuple(len({k.split(".")[1] for k in keys if re.match(rf"layer{i}\.\d+\.", k)}) for i in range(1, 5))
+    bottleneck = any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in keys)
+    name = RESNET_DEPTHS.get((blocks, bottleneck), "an unknown ResNet")
+    return f"{name} (blocks {'-'.join(map(str, blocks))}, {'bottleneck' if bottleneck else 'basic'})"
+
+def _arch_hint(state_dict_keys, expected_keys) -> str:
+    "' Wrong architecture? …' when the file's ResNet shape differs from the model's, else ''."
+    ours, theirs = resnet_shape(expected_keys), resnet_shape(state_dict_keys)
+    return "" if ours == theirs else f" Wrong architecture? The file is {theirs}, the model {ours}."
+
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], # torchvision names -> arrays (e.g. `read_state_dict`)
                        model: nn.Module, # the Flax ResNet to load into (defines the expected keys and shapes)
                        replace_head: bool = False, # ignore the file's `fc` and initialise a fresh head from `key`
@@ -200,14 +233,15 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], # torchvision names
         if key is None: raise OilwaterError(f"{source}: replace_head=True needs an initialisation `key` for the new head.")
         for path in [p for p in expected if p[1] == "fc"]: expected.pop(path)
     unexpected = sorted(flat[p][0] for p in flat if p not in expected)
+    hint = lambda: _arch_hint([v[0] for v in flat.values()], [flax_path_to_torch(p[0], p[1:]) for p in expected])
     if unexpected:
-        raise OilwaterError(f"{source}: unexpected key{'s' * (len(unexpected) > 1)} {', '.join(unexpected[:5])}"
-                            f"{' …' if len(unexpected) > 5 else ''} for {type(model).__name__}"
-                            f"(stage_sizes={getattr(model, 'stage_sizes', '?')}); is it the right architecture?")
+        raise OilwaterError(f"{source}: {len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} "
+                            f"({', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}) for {type(model).__name__}"
+                            f"(stage_sizes={getattr(model, 'stage_sizes', '?')}).{hint() or ' Is it the right architecture?'}")
     missing = sorted(flax_path_to_torch(p[0], p[1:]) for p in expected if p not in flat)
     if missing:
-        raise OilwaterError(f"{source}: missing key{'s' * (len(missing) > 1)} {', '.join(missing[:5])}"
-                            f"{' …' if len(missing) > 5 else ''} (the model has {len(expected)} tensors).")
+        raise OilwaterError(f"{source}: {len(missing)} missing key{'s' * (len(missing) > 1)} ({', '.join(missing[:3])}"
+                            f"{' …' if len(missing) > 3 else ''}; the model has {len(expected)} tensors).{hint()}")
     out = {}
     for path, (name, array) in flat.items():
         want = expected[path]

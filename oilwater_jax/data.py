@@ -7,7 +7,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #438da90e
 from __future__ import annotations
-import dataclasses, time, zipfile
+import dataclasses, hashlib, sys, time, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,8 +23,8 @@ __all__ = ['WATERBIRDS_COUNTS', 'CELEBA_COUNTS', 'WATERBIRDS_GROUPS', 'WATERBIRD
            'hsv_to_rgb', 'gaussian_blur', 'finish_images', 'SyntheticLayout', 'WaterbirdsLikeConfig',
            'sample_waterbirds_scenes', 'take_scenes', 'land_background', 'water_background', 'bird_geometry',
            'draw_birds', 'render_waterbirds', 'SyntheticSpec', 'generate_synthetic', 'synthetic_cache_path',
-           'load_synthetic', 'load_synthetic_waterbirds', 'show_groups', 'CelebALikeConfig', 'sample_celeba_scenes',
-           'render_celeba', 'load_synthetic_celeba', 'load_dataset']
+           'arrays_checksum', 'load_synthetic', 'load_synthetic_waterbirds', 'show_groups', 'CelebALikeConfig',
+           'sample_celeba_scenes', 'render_celeba', 'load_synthetic_celeba', 'load_dataset']
 
 # %% ../nbs/01_data.ipynb #ebefbc2e
 WATERBIRDS_COUNTS = ((3498, 184, 56, 1057), (467, 466, 133, 133), (2255, 2255, 642, 642)) # train, val, test x groups 0..3
@@ -428,23 +428,41 @@ def synthetic_cache_path(spec: SyntheticSpec, cfg) -> Path:
     "The cache file of `cfg`: `cache_dir('data')/<name>-g<version>-<config hash>.npz`."
     return cache_dir("data")/f"{spec.name}-g{GENERATOR_VERSION}-{config_hash(spec.name, cfg)}.npz"
 
+_CACHED_ARRAYS = ("images", "labels", "attributes", "splits", "sample_ids")
+
+def arrays_checksum(arrays: dict, # name -> array, e.g. a cache file's contents
+                   ) -> str:
+    "SHA-256 over the names, dtypes, shapes and bytes of the cached arrays (in `_CACHED_ARRAYS` order)."
+    h = hashlib.sha256()
+    for k in _CACHED_ARRAYS:
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}\0{a.dtype.str}\0{a.shape}\0".encode()); h.update(a.tobytes())
+    return h.hexdigest()
+
+def _read_cache(path: Path, spec: SyntheticSpec) -> GroupDataset:
+    "A cache file's data set; `ValueError` if it is unreadable or its checksum does not match its arrays."
+    with np.load(path, allow_pickle=False) as z:
+        if "checksum" not in z.files: raise ValueError("no checksum (written by an older version of the package)")
+        arrays = {k: z[k] for k in (*_CACHED_ARRAYS, "checksum")}
+    if str(arrays["checksum"]) != arrays_checksum(arrays): raise ValueError("checksum mismatch (edited or damaged)")
+    return GroupDataset(**{k: arrays[k] for k in _CACHED_ARRAYS}, name=spec.name, group_names=spec.group_names,
+                        class_names=spec.class_names)
+
 def load_synthetic(spec: SyntheticSpec, # what to draw
                    cfg, # an instance of `spec.config_cls`
                    cache: bool = True, # read and write the `.npz` cache
                   ) -> GroupDataset:
-    "The data set of `cfg`, from the cache if it was generated before, otherwise generated (and cached)."
+    "The data set of `cfg`, from the cache if it was generated before and its checksum holds, otherwise generated (and cached)."
     path = synthetic_cache_path(spec, cfg)
     if cache and path.exists():
-        try:
-            with np.load(path) as z:
-                return GroupDataset(images=z["images"], labels=z["labels"], attributes=z["attributes"],
-                                    splits=z["splits"], sample_ids=z["sample_ids"], name=spec.name,
-                                    group_names=spec.group_names, class_names=spec.class_names)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile): pass # unreadable: generate it again
+        try: return _read_cache(path, spec)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            print(f"warning: the {spec.name} cache {path} is unreadable ({type(e).__name__}: {e}); generating it again.",
+                  file=sys.stderr)
     data = generate_synthetic(spec, cfg)
     if cache:
-        atomic_save_npz(path, images=data.images, labels=data.labels, attributes=data.attributes,
-                        splits=data.splits, sample_ids=data.sample_ids)
+        arrays = {k: getattr(data, k) for k in _CACHED_ARRAYS}
+        atomic_save_npz(path, **arrays, checksum=np.array(arrays_checksum(arrays)))
     return data
 
 # %% ../nbs/01_data.ipynb #2721f659

@@ -6,14 +6,15 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/docs.html.md"""
 
 # %% ../nbs/95_docs.ipynb #b0159454
 from __future__ import annotations
-import contextlib, importlib, json, os, posixpath, re, shutil, subprocess, sys, tarfile, tempfile, time
+import contextlib, importlib, json, os, posixpath, re, shutil, sys, tempfile, time
 from pathlib import Path
-from .core import OilwaterError, atomic_write_bytes, cache_dir
+from .core import OilwaterError, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['process_notebooks', 'page_front_matter', 'page_title', 'rewrite_links', 'rename_to_output_files',
-           'write_landing_page', 'make_sidebar', 'stage_docs', 'katex_cdn', 'katex_version', 'katex_assets',
-           'vendor_katex', 'drop_remote_imports', 'localize_links', 'notebook_markdown', 'write_readme', 'build_docs']
+__all__ = ['EXECUTED_DIR', 'process_notebooks', 'page_front_matter', 'page_title', 'rewrite_links', 'rename_to_output_files',
+           'write_landing_page', 'make_sidebar', 'title_cell_parts', 'restore_title_cells', 'record_outputs',
+           'inject_outputs', 'stage_docs', 'katex_cdn', 'tex_to_mathml', 'render_math', 'drop_remote_imports',
+           'localize_links', 'notebook_markdown', 'readme_header', 'write_readme', 'build_docs']
 
 # %% ../nbs/95_docs.ipynb #437cf682
 @contextlib.contextmanager
@@ -193,6 +194,82 @@ def make_sidebar(stage: Path, # the staged site, notebooks already renamed
     if "tables.md" in top: contents.append(_entry(stage, "tables.md", "Reproduced tables"))
     return contents
 
+# %% ../nbs/95_docs.ipynb #c8ce2b62
+def title_cell_parts(text: str, # the source of a notebook's first Markdown cell
+                    ) -> tuple[str | None, str]:
+    "The `> ` description (all its lines, joined) and the rest of a `# Title` cell, or `(None, '')` if it is not one."
+    lines = text.splitlines()
+    at = next((i for i, l in enumerate(lines) if re.match(r"#\s+\S", l)), None)
+    if at is None: return None, ""
+    i, desc = at + 1, []
+    while i < len(lines) and re.match(r">\s?", lines[i]): desc.append(re.sub(r"^>\s?", "", lines[i]).strip()); i += 1
+    rest = "\n".join(lines[:at] + lines[i:]).strip()
+    return (" ".join(d for d in desc if d) or None), rest
+
+def restore_title_cells(stage: Path, # the staged site (processed notebooks, before renaming)
+                        nbs_dir: Path, # the source notebooks they were processed from
+                       ) -> int:
+    "Give each processed notebook its whole description and the prose of its title cell; return how many changed."
+    import yaml
+    n = 0
+    for rel in _pages(stage):
+        src = Path(nbs_dir)/rel
+        if not rel.endswith(".ipynb") or not src.is_file(): continue
+        first = next((c for c in _nb_cells(src) if c.get("cell_type") == "markdown"), None)
+        if first is None: continue
+        desc, rest = title_cell_parts(_src(first))
+        nb = json.loads((stage/rel).read_text(encoding="utf-8"))
+        cells = nb.get("cells", [])
+        if not cells or cells[0].get("cell_type") != "raw": continue
+        fm = _front_matter(_src(cells[0]))
+        changed = False
+        if desc and fm.get("description") != desc:
+            fm["description"] = desc; changed = True
+            cells[0]["source"] = "---\n" + yaml.safe_dump(fm, sort_keys=False, allow_unicode=True, width=10**6) + "---\n\n"
+        if rest and not any(_src(c).strip() == rest for c in cells):
+            cells.insert(1, {"cell_type": "markdown", "metadata": {}, "source": rest}); changed = True
+        if changed: (stage/rel).write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8"); n += 1
+    return n
+
+# %% ../nbs/95_docs.ipynb #9180c0a9
+EXECUTED_DIR = "_executed" # beside a notebook: its executed copy, whose outputs the docs show
+
+def record_outputs(nb_path: str | Path, # a notebook (e.g. nbs/tutorials/01_erm_baseline.ipynb)
+                   timeout: int = 600, # seconds per cell
+                  ) -> Path:
+    "Execute a notebook in its folder (as the notebook tests do) and save the executed copy in `_executed/` beside it."
+    from fastcore.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    nb_path = Path(nb_path).resolve()
+    nb = read_nb(nb_path)
+    old = Path.cwd(); os.chdir(nb_path.parent)
+    try: CaptureShell().run_all(nb, exc_stop=True, cell_timeout=timeout)
+    finally: os.chdir(old)
+    out = nb_path.parent/EXECUTED_DIR/nb_path.name
+    out.parent.mkdir(exist_ok=True)
+    write_nb(nb, out)
+    return out
+
+def inject_outputs(stage: Path, # the staged site (processed notebooks, before renaming)
+                   nbs_dir: Path, # the source notebooks, with `_executed/` copies beside some
+                  ) -> tuple[int, list]:
+    "Copy recorded outputs into the staged notebooks where the cell's source is unchanged; return (cells filled, stale cells)."
+    filled, stale = 0, []
+    for rel in _pages(stage):
+        src = Path(nbs_dir)/rel
+        rec = src.parent/EXECUTED_DIR/src.name
+        if not rel.endswith(".ipynb") or not rec.is_file() or not src.is_file(): continue
+        now = {c.get("id"): _src(c) for c in _nb_cells(src)}
+        recorded = {c.get("id"): c for c in _nb_cells(rec) if c.get("cell_type") == "code"}
+        nb = json.loads((stage/rel).read_text(encoding="utf-8"))
+        for c in nb.get("cells", []):
+            r = recorded.get(c.get("id"))
+            if c.get("cell_type") != "code" or r is None or not r.get("outputs"): continue
+            if now.get(c["id"]) != _src(r): stale.append(f"{rel} cell {c['id']}"); continue
+            c["outputs"] = r["outputs"]; filled += 1
+        (stage/rel).write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8")
+    return filled, stale
+
 # %% ../nbs/95_docs.ipynb #7ffaaba6
 def _write_tables(stage: Path, results_dir: str | Path | None):
     if results_dir is None: return
@@ -211,6 +288,7 @@ def stage_docs(proc: str | Path, # nbdev's processed folder (`_proc`), from `pro
                theory_dir: str | Path | None = None, # Markdown pages copied to `theory/`; None: no theory pages
                results_dir: str | Path | None = None, # a results store to regenerate the tables page from; None: `nbs/tables.md` as is
                doc_path: str = "_docs", # the folder nbdev-docs renders into inside `_proc`, left out
+               nbs_dir: str | Path | None = None, # the source notebooks: whole title cells and recorded outputs (None: neither)
               ) -> Path:
     "Stage a complete Quarto website project (notebooks, theory, tables, sidebar, navbar) that renders into `out_dir`."
     import yaml
@@ -220,6 +298,11 @@ def stage_docs(proc: str | Path, # nbdev's processed folder (`_proc`), from `pro
     if theory_dir is not None and Path(theory_dir).is_dir():
         shutil.copytree(theory_dir, stage/"theory", dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "_*", "__pycache__"))
     _write_tables(stage, results_dir)
+    if nbs_dir is not None:
+        restore_title_cells(stage, Path(nbs_dir))
+        _, stale = inject_outputs(stage, Path(nbs_dir))
+        if stale: print(f"warning: {len(stale)} cell(s) changed since their outputs were recorded (no output shown): "
+                        f"{', '.join(stale[:5])}; run docs.record_outputs on the notebook again.", file=sys.stderr)
     originals = set(_pages(stage))
     renamed = rename_to_output_files(stage)
     order = {new: old for old, new in renamed.items()} | {r: r for r in originals if r not in renamed}
@@ -241,72 +324,42 @@ def stage_docs(proc: str | Path, # nbdev's processed folder (`_proc`), from `pro
 
 # %% ../nbs/95_docs.ipynb #5f0d1f31
 def katex_cdn() -> str:
-    "The KaTeX URL prefix that smalldocs writes into pages with maths."
+    "The KaTeX URL prefix that smalldocs writes into pages with maths (its tags are removed by `render_math`)."
     from smalldocs.layout import KATEX
     return KATEX
 
-def katex_version() -> str:
-    "The KaTeX version smalldocs's pages ask for (vendored at the same version)."
-    m = re.search(r"katex@([0-9][0-9A-Za-z.\-]*)", katex_cdn())
-    if not m: raise OilwaterError(f"Cannot read the KaTeX version from smalldocs's URL {katex_cdn()!r}.")
-    return m.group(1)
-
-_KATEX_FILES = ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js")
-
-def _has_katex(d: Path) -> bool: return all((d/f).is_file() for f in _KATEX_FILES) and (d/"fonts").is_dir()
-
-def katex_assets(version: str | None = None, # KaTeX version; None: the one smalldocs asks for
-                ) -> Path | None:
-    "A folder with KaTeX's JS, CSS, auto-render and fonts, from `$OILWATER_KATEX_DIR`, the cache, or `npm pack`; None if unavailable."
-    env = os.environ.get("OILWATER_KATEX_DIR")
-    if env:
-        if not _has_katex(Path(env)):
-            raise OilwaterError(f"OILWATER_KATEX_DIR={env!r} must hold KaTeX's dist files ({', '.join(_KATEX_FILES)}, fonts/).")
-        return Path(env)
-    version = version or katex_version()
-    dest = cache_dir("katex") / version
-    if _has_katex(dest): return dest
-    npm = shutil.which("npm")
-    if npm is None: return None
-    with tempfile.TemporaryDirectory(dir=dest.parent) as t:
-        try: r = subprocess.run([npm, "pack", f"katex@{version}", "--silent", "--fetch-timeout=60000", "--fetch-retries=1"],
-                               cwd=t, capture_output=True, text=True, timeout=180)
-        except subprocess.TimeoutExpired: return None
-        tgz = sorted(Path(t).glob("katex-*.tgz"))
-        if r.returncode or not tgz:
-            print(f"warning: `npm pack katex@{version}` failed: {r.stderr.strip()[-300:]}", file=sys.stderr); return None
-        tmp = Path(t)/"dist"
-        with tarfile.open(tgz[0]) as tf:
-            for m in tf.getmembers():
-                rel = m.name.removeprefix("package/dist/") if m.name.startswith("package/dist/") else None
-                if m.name == "package/LICENSE": rel = "LICENSE"
-                if not m.isfile() or rel is None or not (rel in _KATEX_FILES or rel.startswith("fonts/") or rel == "LICENSE"): continue
-                (tmp/rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp/rel).write_bytes(tf.extractfile(m).read())
-        if dest.exists(): shutil.rmtree(dest)  # a partial copy from an interrupted run
-        os.replace(tmp, dest)
-    return dest if _has_katex(dest) else None
+def tex_to_mathml(tex: str, # a TeX formula, without delimiters
+                  display: bool = False, # display maths (a block) or inline
+                 ) -> str:
+    "The formula as a MathML `<math>` element (latex2mathml), which browsers render without any script or font."
+    from latex2mathml.converter import convert
+    return convert(tex.strip(), display="block" if display else "inline")
 
 # %% ../nbs/95_docs.ipynb #a7e9eb5e
 def _offset(site: Path, page: Path) -> str:
     return "../" * (len(page.relative_to(site).parts) - 1)
 
-def vendor_katex(site_dir: str | Path, # a site built by smalldocs
-                 assets: str | Path | None = None, # KaTeX's dist files; None: `katex_assets()`
-                ) -> int:
-    "Copy KaTeX into `site_libs/katex` and point the pages with maths at it; return how many pages changed."
+_MATH_SPAN = re.compile(r'<span class="math (inline|display)">\\[\(\[](.*?)\\[\)\]]</span>', re.S)
+
+def render_math(site_dir: str | Path, # a site built by smalldocs
+               ) -> tuple[int, list]:
+    "Replace the TeX of every maths span with MathML and drop the KaTeX tags; return (pages changed, formulas left as TeX)."
+    import html as _html
     site, cdn = Path(site_dir), katex_cdn()
-    pages = [p for p in site.rglob("*.html") if cdn in p.read_text(encoding="utf-8")]
-    if not pages: return 0
-    assets = Path(assets) if assets else katex_assets()
-    if assets is None:
-        print(f"warning: KaTeX could not be vendored (no npm, or the registry is unreachable): {len(pages)} page(s) "
-              f"load it from {cdn} and show raw TeX offline.", file=sys.stderr)
-        return 0
-    shutil.copytree(assets, site/"site_libs"/"katex", dirs_exist_ok=True)
-    for p in pages:
-        p.write_text(p.read_text(encoding="utf-8").replace(cdn, _offset(site, p) + "site_libs/katex"), encoding="utf-8")
-    return len(pages)
+    tags = re.compile(r'<(?:link|script)\b[^>]*' + re.escape(cdn) + r'[^>]*>(?:\s*</script>)?')
+    n, failed = 0, []
+    for p in sorted(site.rglob("*.html")):
+        text = p.read_text(encoding="utf-8")
+        if 'class="math ' not in text and cdn not in text: continue
+        def sub(m):
+            tex = _html.unescape(m.group(2))
+            try: return f'<span class="math {m.group(1)}">{tex_to_mathml(tex, m.group(1) == "display")}</span>'
+            except Exception as e:
+                failed.append(f"{p.relative_to(site).as_posix()}: {tex[:80]!r} ({type(e).__name__}: {e})")
+                return m.group(0)
+        new = tags.sub("", _MATH_SPAN.sub(sub, text))
+        if new != text: p.write_text(new, encoding="utf-8"); n += 1
+    return n, failed
 
 # %% ../nbs/95_docs.ipynb #ffb0cb2d
 _REMOTE_IMPORT = re.compile(r"""@import\s+(url\(\s*["']?https?://[^)]*\)|["']https?://[^"']*["'])[^;]*;""")
@@ -358,6 +411,11 @@ def notebook_markdown(nb_path: str | Path, # a notebook
             if code: parts.append(f"```python\n{code}\n```")
     return "\n\n".join(p for p in parts if p) + "\n"
 
+def readme_header(source: str, # the notebook, relative to the project root
+                 ) -> str:
+    "The README's first line: generated, from which notebook, and how to regenerate it."
+    return f"<!-- Generated from {source} by `oilwater readme`: edit the notebook, not this file. -->\n"
+
 def write_readme(project: str | Path | None = None, # the project root; None: found from the working directory
                 ) -> Path:
     "Write `README.md` at the project root from nbdev's `readme_nb` (normally `nbs/index.ipynb`)."
@@ -365,7 +423,7 @@ def write_readme(project: str | Path | None = None, # the project root; None: fo
     nb = cfg.config_path/cfg.nbs_path/cfg.get("readme_nb", "index.ipynb")
     if not nb.exists(): raise OilwaterError(f"{nb}: no such notebook (readme_nb in [tool.nbdev]).")
     out = cfg.config_path/"README.md"
-    atomic_write_bytes(out, notebook_markdown(nb).encode("utf-8"))
+    atomic_write_bytes(out, (readme_header(nb.relative_to(cfg.config_path).as_posix()) + notebook_markdown(nb)).encode("utf-8"))
     return out
 
 # %% ../nbs/95_docs.ipynb #0cc6c414
@@ -377,7 +435,6 @@ def build_docs(out_dir: str | Path = "_site", # where the site goes; a relative 
                project: str | Path | None = None, # the project root (holds pyproject.toml); None: found from the working directory
                n_workers: int = 2, # nbdev processing workers; 0 processes in this Python process
                quiet: bool = False, # print nothing but warnings
-               readme: bool = True, # also write README.md from the home notebook (`write_readme`)
               ) -> Path:
     "Build the documentation website offline (nbdev processing, then smalldocs) into `out_dir`; return its path."
     from smalldocs.config import BuildError, ConfigError
@@ -386,15 +443,15 @@ def build_docs(out_dir: str | Path = "_site", # where the site goes; a relative 
     cfg = _config(project)
     out = Path(out_dir)
     out = (out if out.is_absolute() else cfg.config_path/out).resolve()
-    if readme and (cfg.config_path/cfg.nbs_path/cfg.get("readme_nb", "index.ipynb")).exists(): write_readme(cfg.config_path)
     proc = process_notebooks(cfg.config_path, n_workers=n_workers)
     t1 = time.time()
     with tempfile.TemporaryDirectory(prefix="oilwater-docs-") as t:
         stage = stage_docs(proc, Path(t)/"site", out, theory_dir=cfg.config_path/"theory", results_dir=results_dir,
-                           doc_path=cfg.doc_path.name)
+                           doc_path=cfg.doc_path.name, nbs_dir=cfg.config_path/cfg.nbs_path)
         try: site = build(stage, quiet=True)
         except (BuildError, ConfigError) as e: raise OilwaterError(f"smalldocs could not build the site into {out}: {e}") from e
-    n_math = vendor_katex(out)
+    n_math, failed = render_math(out)
+    for f in failed: print(f"warning: maths left as TeX (latex2mathml could not convert it): {f}", file=sys.stderr)
     drop_remote_imports(out)
     n_links = localize_links(out, f"{cfg.get('doc_host', '')}{cfg.get('doc_baseurl', '')}" if cfg.get("doc_host") else "")
     for w in site.warnings:

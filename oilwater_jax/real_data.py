@@ -7,7 +7,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/real_data.html.md"""
 
 # %% ../nbs/02_real_data.ipynb #8cdfe29e
 from __future__ import annotations
-import csv, dataclasses, hashlib, io, os
+import csv, dataclasses, hashlib, io, os, shutil, sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,12 +17,12 @@ from PIL import Image
 from .core import OilwaterError, GroupDataset, SPLITS, cache_dir, check_choice, config_hash
 
 # %% auto #0
-__all__ = ['WATERBIRDS_FOLDER', 'WATERBIRDS_LAYOUTS', 'CELEBA_LAYOUTS', 'CELEBA_ATTRIBUTES', 'TRANSFORMS', 'PREPARED_VERSION',
-           'WATERBIRDS_GROUPS', 'WATERBIRDS_CLASSES', 'CELEBA_GROUPS', 'CELEBA_CLASSES', 'REAL_DATASETS', 'RealIndex',
-           'split_group_counts', 'Layout', 'write_fixture_waterbirds', 'write_fixture_celeba', 'find_layout',
-           'read_waterbirds_index', 'read_celeba_index', 'stratified_subsample', 'center_crop', 'waterbirds_transform',
-           'celeba_transform', 'PreparedImages', 'prepared_folder', 'prepare_images', 'read_prepared',
-           'load_waterbirds', 'load_celeba']
+__all__ = ['WATERBIRDS_FOLDER', 'WATERBIRDS_LAYOUTS', 'CELEBA_LAYOUTS', 'CELEBA_ATTRIBUTES', 'DATA_ENV', 'REAL_LAYOUTS',
+           'TRANSFORMS', 'PREPARED_VERSION', 'WATERBIRDS_GROUPS', 'WATERBIRDS_CLASSES', 'CELEBA_GROUPS',
+           'CELEBA_CLASSES', 'REAL_DATASETS', 'RealIndex', 'split_group_counts', 'Layout', 'write_fixture_waterbirds',
+           'write_fixture_celeba', 'find_layout', 'read_waterbirds_index', 'data_folder', 'read_celeba_index',
+           'stratified_subsample', 'center_crop', 'waterbirds_transform', 'celeba_transform', 'PreparedImages',
+           'prepared_folder', 'prepare_images', 'read_prepared', 'load_prepared', 'load_waterbirds', 'load_celeba']
 
 # %% ../nbs/02_real_data.ipynb #9a1113c2
 @dataclass(frozen=True, eq=False)
@@ -191,16 +191,26 @@ def find_layout(root: str | Path, # the folder the user points at
     raise OilwaterError(f"No {what} files found under {root} (layout={layout!r}). Looked for:\n" + "\n".join(looked))
 
 # %% ../nbs/02_real_data.ipynb #b40b3d24
+def _read_text(path: Path) -> str:
+    "A metadata file's text as UTF-8; bytes that are not UTF-8 raise an error naming the file, line and byte."
+    if not path.is_file(): raise OilwaterError(f"{path} not found.")
+    raw = path.read_bytes()
+    try: return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise OilwaterError(f"{path} line {line}: byte 0x{raw[e.start]:02x} at column {column} is not UTF-8 text; "
+                            "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 OLD > NEW`, or a spreadsheet's "
+                            "'CSV UTF-8' export).") from None
+
 def _lines(path: Path) -> list[tuple[int, str]]:
     "(line number, text) of every non-blank line; a last line without a newline is kept."
-    if not path.is_file(): raise OilwaterError(f"{path} not found.")
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     return [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 def _csv_rows(path: Path, required: Sequence[str]) -> tuple[list, list]:
     "Header and (line, fields) rows of a CSV file; every required column present, every row as wide as the header."
-    if not path.is_file(): raise OilwaterError(f"{path} not found.")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None: raise OilwaterError(f"{path} is empty: expected a header line.")
@@ -264,6 +274,32 @@ def read_waterbirds_index(root: str | Path, # the release folder, its parent, or
     _check_images_exist(paths, lines, source)
     return RealIndex("waterbirds", found.name, folder, tuple(map(str, paths)), np.array(labels, np.int32),
                      np.array(places, np.int32), np.array(splits, np.int8), ids, source, lines)
+
+# %% ../nbs/02_real_data.ipynb #19d0df37
+DATA_ENV = "OILWATER_DATA" # the environment variable naming the data root
+REAL_LAYOUTS = {"waterbirds": WATERBIRDS_LAYOUTS, "celeba": CELEBA_LAYOUTS}
+
+def data_folder(name: str, # 'waterbirds' or 'celeba'
+                root: str | Path | None = None, # the data root (`--root`); None: `$OILWATER_DATA`
+               ) -> Path:
+    "The folder of real data set `name`: `<root>/<name>/`, the root from `root` or `$OILWATER_DATA`; else a clear error."
+    check_choice(name, tuple(REAL_LAYOUTS), "real data set")
+    base = root if root is not None else os.environ.get(DATA_ENV)
+    if not base:
+        raise OilwaterError(f"Data set {name!r} is read from your copy of its files: set {DATA_ENV} (or pass --root) "
+                            f"to the data root, a folder holding {name}/ (and the other real data sets beside it).")
+    base = Path(base).expanduser(); path = base/name
+    if path.is_dir(): return path
+    src = "--root" if root is not None else DATA_ENV
+    if not base.is_dir(): raise OilwaterError(f"{src} {base} does not exist (or is not a folder); it should hold {name}/.")
+    try: find_layout(base, REAL_LAYOUTS[name], what=name); itself = True
+    except OilwaterError: itself = False
+    if itself:
+        raise OilwaterError(f"{src} {base} is the {name} folder itself, but the data root is the folder that holds "
+                            f"{name}/: move or link it, e.g. `mkdir -p ROOT && ln -s {base.resolve()} ROOT/{name}`, "
+                            f"then use ROOT.")
+    raise OilwaterError(f"{src} {base} has no {name}/ folder; the data root holds one folder per data set "
+                        f"({', '.join(f'{n}/' for n in REAL_LAYOUTS)}).")
 
 # %% ../nbs/02_real_data.ipynb #ccac33fe
 def _celeba_txt(folder: Path):
@@ -451,6 +487,7 @@ def prepare_images(index: RealIndex, # the rows to prepare (after any subsamplin
     image_size = _check_image_size(image_size)
     folder = prepared_folder(index, image_size, cache)
     builder = PreparedImages(index=index, image_size=image_size, data_dir=folder, file_format="array_record")
+    tfds.display_progress_bar(sys.stderr.isatty())  # tfds's bars are escape codes in a log file or a pipe
     builder.download_and_prepare()   # a no-op when the folder is already prepared
     return builder
 
@@ -487,10 +524,32 @@ WATERBIRDS_CLASSES = ("landbird", "waterbird")
 CELEBA_GROUPS = ("non-blond female", "non-blond male", "blond female", "blond male")
 CELEBA_CLASSES = ("not blond", "blond")
 
+def load_prepared(index: RealIndex, # the rows to load (after any subsampling)
+                  image_size: int, # side of the square images
+                  cache: str | Path | None, # parent folder for prepared sets (None: `cache_dir('real')`)
+                  group_names: tuple, # one name per group
+                  class_names: tuple, # one name per class
+                 ) -> GroupDataset:
+    "Prepare (once) and read `index`; a damaged prepared folder is reported on stderr, deleted and prepared again."
+    folder = prepared_folder(index, _check_image_size(image_size), cache)
+    if folder.exists():
+        try: return read_prepared(prepare_images(index, image_size, cache), index, group_names, class_names)
+        except Exception as e:  # truncated or zeroed array_record, damaged PNG bytes, wrong ids
+            why = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"warning: the prepared {index.name} cache {folder} is damaged ({type(e).__name__}: {why}); "
+                  "deleting it and preparing it again.", file=sys.stderr)
+            shutil.rmtree(folder)
+    builder = prepare_images(index, image_size, cache)  # an error while preparing (a bad image) is raised as it is
+    try: return read_prepared(builder, index, group_names, class_names)
+    except OilwaterError: raise
+    except Exception as e:
+        raise OilwaterError(f"{folder}: the prepared {index.name} cache cannot be read right after preparing it "
+                            f"({type(e).__name__}: {e}); check the disk, delete the folder and try again.") from e
+
 def _load(index: RealIndex, image_size, subsample, seed, cache, groups, classes) -> GroupDataset:
     image_size = _check_image_size(image_size)
     if subsample is not None: index = index.subset(stratified_subsample(index.splits, index.group_ids, subsample, seed))
-    return read_prepared(prepare_images(index, image_size, cache), index, groups, classes)
+    return load_prepared(index, image_size, cache, groups, classes)
 
 def load_waterbirds(root: str | Path, # the Waterbirds folder, its parent, or a WILDS root
                     image_size: int = 224, # side of the square images (reference: 224)

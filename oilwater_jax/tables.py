@@ -17,17 +17,19 @@ from .experiments import (METRICS, ALL_TABLE_IDS, PAPER_TABLE_IDS, PRESETS, SCAL
                                       default_seeds, get_preset, scaling_summary)
 from .runner import (config_key, is_implemented, load_methods, load_plugins, load_records,
                                  reproduce, resolve_tables)
+from .runner import CorruptResultsFile, cell_key, iter_cell_files, read_record
 
 # %% auto #0
-__all__ = ['CLAIM_MARKS', 'SERIES_STYLE', 'Results', 'RowSummary', 'summarize_row', 'format_mean_std', 'format_paper',
-           'claim_marks', 'table_rows', 'render_markdown', 'render_html', 'plot_figure1', 'render_page',
-           'write_tables_page', 'reproduce_command', 'tables_command']
+__all__ = ['CLAIM_MARKS', 'UNCHECKED_PRESETS', 'SMOKE_BANNER', 'SERIES_STYLE', 'Results', 'RowSummary', 'summarize_row',
+           'format_mean_std', 'format_paper', 'claim_marks', 'table_rows', 'render_markdown', 'render_html',
+           'plot_figure1', 'render_page', 'write_tables_page', 'missing_inputs', 'reproduce_command', 'tables_command']
 
 # %% ../nbs/52_tables.ipynb #d3f3521b
 class Results:
     "The cell records of a results folder, indexed by (config, package version) and seed."
-    def __init__(self, records: Sequence[dict] = ()):
+    def __init__(self, records: Sequence[dict] = (), corrupt: dict | None = None):
         self.records = list(records)
+        self.corrupt = dict(corrupt or {})  # cell key (the file's name) -> the message saying what is wrong
         self._index: dict[str, dict[int, dict]] = {}
         for rec in self.records:
             k = config_key(rec["config"], rec["provenance"]["package_version"])
@@ -37,8 +39,13 @@ class Results:
     def load(cls, results_dir: str | Path, # a results folder
              strict: bool = True, # a corrupt file raises an error naming it (else it is skipped with a warning)
             ) -> "Results":
-        "Read and validate every cell file of `results_dir`."
-        return cls(load_records(results_dir, strict))
+        "Read and validate every cell file of `results_dir`; with `strict=False` corrupt files are kept aside by key."
+        if strict: return cls(load_records(results_dir, strict))
+        records, corrupt = [], {}
+        for p in iter_cell_files(results_dir):
+            try: records.append({**read_record(p), "path": str(p)})
+            except CorruptResultsFile as e: corrupt[p.stem] = str(e)
+        return cls(records, corrupt)
 
     def cells(self, row: Row, preset: str) -> dict[int, dict]:
         "The records of `row` under `preset`, by seed."
@@ -63,6 +70,7 @@ class RowSummary:
     mean: dict = field(default_factory=dict) # metric -> number, curve (list) or None
     std: dict = field(default_factory=dict) # metric -> number, curve or None
     errors: list = field(default_factory=list) # messages of failed seeds
+    n_corrupt: int = 0 # seeds whose cell file is corrupt (shown, not used)
 
     @property
     def has_numbers(self) -> bool: return self.status in ("ok", "partial")
@@ -93,15 +101,23 @@ def summarize_row(row: Row, # a table row
     if seeds is not None: cells = {s: c for s, c in cells.items() if s in set(seeds)}
     expected = len(set(default_seeds(row, preset)) | set(cells)) if seeds is None else len(seeds)
     if not is_implemented(row.config.method): return RowSummary("not implemented", n_expected=expected)
+    n_corrupt = 0
+    if results.corrupt:  # cell files that exist but cannot be trusted: found by the keys this row's seeds would have
+        cfg = get_preset(preset)(row.config)
+        candidates = set(seeds) if seeds is not None else set(default_seeds(row, preset)) | set(row.seeds)
+        bad = {s for s in candidates - set(cells) if cell_key(cfg, s) in results.corrupt}
+        n_corrupt = len(bad)
+        if seeds is None: expected = len(set(default_seeds(row, preset)) | set(cells) | bad)
+        if n_corrupt and not cells: return RowSummary("corrupt", n_expected=expected, n_corrupt=n_corrupt)
     ok = [c for c in cells.values() if c["status"] == "ok"]
     failed = [c for c in cells.values() if c["status"] != "ok"]
     errors = [f"seed {c['seed']}: {c['error']['type']}: {c['error']['message']}" for c in failed]
     if not cells: return RowSummary("not run", n_expected=expected)
-    if not ok: return RowSummary("failed", 0, len(failed), expected, errors=errors)
+    if not ok: return RowSummary("failed", 0, len(failed), expected, errors=errors, n_corrupt=n_corrupt)
     mean, std = {}, {}
     for m in metrics: mean[m], std[m] = _agg([c["metrics"].get(m) for c in ok])
-    status = "ok" if len(ok) >= expected and not failed else "partial"
-    return RowSummary(status, len(ok), len(failed), expected, mean, std, errors)
+    status = "ok" if len(ok) >= expected and not failed and not n_corrupt else "partial"
+    return RowSummary(status, len(ok), len(failed), expected, mean, std, errors, n_corrupt)
 
 # %% ../nbs/52_tables.ipynb #cd2eb463
 def format_mean_std(mean, std, metric: str) -> str:
@@ -140,6 +156,10 @@ def _claim_numbers(table: Table) -> dict:
     return nums
 
 # %% ../nbs/52_tables.ipynb #5900a6db
+UNCHECKED_PRESETS = ("smoke",) # presets whose numbers only check the pipeline: claims are not applicable
+SMOKE_BANNER = ("Smoke preset: a pipeline check on a few hundred images and a few short epochs. These numbers are not "
+                "results and the paper's claims are not checked on them (n/a); run --preset cpu for the reproduction.")
+
 def table_rows(table: Table, # a table
                results: Results, # indexed cell records
                preset: str, # preset name
@@ -159,8 +179,10 @@ def table_rows(table: Table, # a table
         for m in table.metrics:
             ours = format_mean_std(s.mean.get(m), s.std.get(m), m) if s.has_numbers else s.status
             cells += [ours, format_paper(r, m, table.kind)]
-        cells.append(f"{s.n_ok}/{s.n_expected}" + (f" ({s.n_failed} failed)" if s.n_failed else ""))
-        cells.append(" ".join(f"{nums[id(c)][0]}{CLAIM_MARKS[v]}" for c, v in zip(r.claims, marks[id(r)])))
+        cells.append(f"{s.n_ok}/{s.n_expected}" + (f" ({s.n_failed} failed)" if s.n_failed else "")
+                     + (f" ({s.n_corrupt} corrupt)" if s.n_corrupt else ""))
+        if preset in UNCHECKED_PRESETS: cells.append("n/a" if r.claims else "")
+        else: cells.append(" ".join(f"{nums[id(c)][0]}{CLAIM_MARKS[v]}" for c, v in zip(r.claims, marks[id(r)])))
         body.append(cells)
     notes = [f"{n}. {c.describe()}: {c.statement}" for n, c in nums.values()]
     return header, body, notes
@@ -174,9 +196,12 @@ def render_markdown(table: Table, # a table
                    ) -> str:
     "The table as Markdown: ours beside the paper's, seeds, claim marks, and the claims below."
     header, body, notes = table_rows(table, results, preset, seeds)
-    lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines = [f"> **{SMOKE_BANNER}**", ""] if preset in UNCHECKED_PRESETS else []
+    lines += ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in body]
-    if notes: lines += ["", "Claims (✓ holds on our numbers, ✗ does not, ? not enough numbers):", ""] + [f"{n}" for n in notes]
+    legend = ("not checked on the smoke preset (n/a)" if preset in UNCHECKED_PRESETS else
+              "✓ holds on our numbers, ✗ does not, ? not enough numbers")
+    if notes: lines += ["", f"Claims ({legend}):", ""] + [f"{n}" for n in notes]
     return "\n".join(lines)
 
 def render_html(table: Table, # a table
@@ -190,6 +215,7 @@ def render_html(table: Table, # a table
     out = [f'<table class="oilwater-table" id="{e(table.id)}-{e(preset)}">',
            f"<caption>{e(table.title)} ({e(preset)} preset). {e(table.caption)}</caption>",
            "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
+    if preset in UNCHECKED_PRESETS: out.insert(0, f'<p class="oilwater-banner"><strong>{e(SMOKE_BANNER)}</strong></p>')
     for row in body:
         out.append("<tr>" + "".join(f'<td class="{_css(c)}">{e(c)}</td>' for c in row) + "</tr>")
     out.append("</tbody></table>")
@@ -197,7 +223,7 @@ def render_html(table: Table, # a table
     return "\n".join(out)
 
 def _css(cell: str) -> str:
-    return {"not implemented": "not-implemented", "not run": "not-run", "failed": "failed"}.get(cell, "value")
+    return {"not implemented": "not-implemented", "not run": "not-run", "failed": "failed", "corrupt": "corrupt"}.get(cell, "value")
 
 # %% ../nbs/52_tables.ipynb #694e6466
 SERIES_STYLE = {"elmf_poisons": ("Poisons", "tab:red"), "elmf_lrg1": ("LRG-1", "tab:orange"),
@@ -293,13 +319,33 @@ def write_tables_page(path: str | Path = "nbs/tables.md", # the page to write
     "Write the 'Reproduced tables' page (and Figure 1's PNGs in `figures/` beside it)."
     path = Path(path)
     load_methods()
-    text = render_page(Results.load(results_dir), tables, preset, seeds, figure_dir=path.parent / "figures")
+    results = Results.load(results_dir, strict=False)   # a corrupt cell shows in its row; the rest of the page renders
+    for msg in results.corrupt.values(): print(f"warning: {msg}", file=sys.stderr)
+    text = render_page(results, tables, preset, seeds, figure_dir=path.parent / "figures")
     return atomic_write_bytes(path, text.encode())
 
 # %% ../nbs/52_tables.ipynb #be3b9678
 def _check_tables(tables: Sequence[str]) -> list[Table]:
     if not tables: raise OilwaterError(f"Name at least one table: one of {', '.join(TABLES)} or 'all'.")
     return resolve_tables(list(tables))
+
+def missing_inputs(cells: Sequence, # `runner.PlannedCell`s about to run
+                  ) -> list[str]:
+    "What the cells need from the user and cannot find (real data, pretrained weights): one line each, saying where it looked."
+    from oilwater_jax.real_data import REAL_LAYOUTS, data_folder, find_layout
+    from oilwater_jax.pipeline import pretrained_path
+    checks: dict = {}
+    for c in cells:
+        cfg = c.cfg
+        needs = []
+        if cfg.data_source == "real": needs.append((f"{cfg.row.data} data", lambda d=cfg.row.data: find_layout(data_folder(d), REAL_LAYOUTS[d], what=d)))
+        if cfg.init == "imagenet": needs.append((f"pretrained {cfg.model} weights", lambda m=cfg.model: pretrained_path(m)))
+        for what, check in needs:
+            if what not in checks:
+                try: check(); checks[what] = [None, 0]
+                except OilwaterError as e: checks[what] = [" ".join(str(e).split()), 0]
+            checks[what][1] += 1
+    return [f"{what} (needed by {n} cell{'s' * (n > 1)}): {msg}" for what, (msg, n) in checks.items() if msg]
 
 def reproduce_command(tables: Sequence[str], # table ids ("table2", "figure1") or "all"
                       preset: str = "cpu", # "smoke", "cpu" or "paper"
@@ -315,35 +361,49 @@ def reproduce_command(tables: Sequence[str], # table ids ("table2", "figure1") o
     get_preset(preset); chosen = _check_tables(tables)
     planned = reproduce(chosen, preset, seeds, results_dir, dry_run=True)
     print(planned.describe(), flush=True)
+    missing = missing_inputs(planned.to_run)
+    if missing and dry_run: print("missing inputs:\n" + "\n".join(f"  - {m}" for m in missing), file=sys.stderr)
     if dry_run: return 0
+    if missing:
+        raise OilwaterError(f"Nothing was run: the plan needs inputs that are missing (see `oilwater --help` for "
+                            "OILWATER_DATA and OILWATER_WEIGHTS):\n" + "\n".join(f"  - {m}" for m in missing))
     try: report = reproduce(chosen, preset, seeds, results_dir, progress=progress, plugins=plugins, isolate=isolate)
     except KeyboardInterrupt:
         print("\nInterrupted: every finished cell is saved; run the same command again to resume.", file=sys.stderr)
         return 130
     print(report.summary())
-    results = Results.load(results_dir)
+    results = Results.load(results_dir, strict=False)
     for t in chosen: print(f"\n## {t.title} ({preset})\n\n{render_markdown(t, results, preset, seeds)}")
     return 1 if report.failed else 0
 
 def tables_command(tables: Sequence[str] = ("all",), # table ids or "all"
                    results_dir: str | Path = "results", # results folder
-                   out_dir: str | Path = "tables", # where <id>.md, <id>.html, tables.md and figures/ go
+                   out_dir: str | Path | None = None, # where <id>_<preset>.md/.html, tables.md and figures/ go; None: print only
                    preset: str | None = None, # default: every preset with results (cpu if none)
                    plugins: Sequence[str] = (), # modules registering extra methods or tables
                   ) -> int:
-    "Render the tables from the results folder into `out_dir` (Markdown, HTML, the page, Figure 1) and print them."
+    "Print the tables of a results folder (corrupt cells shown in their rows) and, with `out_dir`, write Markdown, HTML, the page and Figure 1."
     load_plugins(plugins); load_methods()
     chosen = _check_tables(tables)
-    results = Results.load(results_dir)
+    if not iter_cell_files(results_dir):
+        raise OilwaterError(f"--results {results_dir}: no results (no cell files under {Path(results_dir) / 'cells'}). "
+                            "Run `oilwater reproduce TABLE --preset smoke` (or cpu) first, or point --results at a results folder.")
+    results = Results.load(results_dir, strict=False)
+    for key, msg in sorted(results.corrupt.items()): print(f"warning: {msg}", file=sys.stderr)
     presets = _presets_to_show(results, preset)
-    out = Path(out_dir)
+    out = None if out_dir is None else Path(out_dir)
     for t in chosen:
         for p in presets:
             md = render_markdown(t, results, p)
-            atomic_write_bytes(out / f"{t.id}_{p}.md", (f"# {t.title} ({p})\n\n{t.caption}\n\n{md}\n").encode())
-            atomic_write_bytes(out / f"{t.id}_{p}.html", render_html(t, results, p).encode())
-            if t.kind == "figure": plot_figure1(results, out / "figures" / f"{t.id}_{p}.png", p)
+            if out is not None:
+                atomic_write_bytes(out / f"{t.id}_{p}.md", (f"# {t.title} ({p})\n\n{t.caption}\n\n{md}\n").encode())
+                atomic_write_bytes(out / f"{t.id}_{p}.html", render_html(t, results, p).encode())
+                if t.kind == "figure": plot_figure1(results, out / "figures" / f"{t.id}_{p}.png", p)
             print(f"\n## {t.title} ({p})\n\n{md}")
+    if out is None:
+        print(f"\n{len(chosen) * len(presets)} tables from {results_dir}; pass --out DIR to write them as Markdown and HTML.")
+        return 0
     atomic_write_bytes(out / "tables.md", render_page(results, chosen, preset, figure_dir=out / "figures").encode())
     print(f"\nWrote {len(chosen) * len(presets)} tables and the page {out / 'tables.md'}.")
     return 0
+

@@ -1,6 +1,6 @@
 """The `oilwater` console script end to end, in subprocesses: help and version, error messages and exit codes, the
 `--seeds 0 1 2` syntax, `data show`, `train erm`'s results file, and Ctrl-C."""
-import json, math, os, signal, subprocess, sys, time
+import json, math, os, re, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -55,13 +55,18 @@ def test_typo_exits_2_without_traceback():
     (["train", "erm", "--model", "resnet19"], "Unknown --model 'resnet19'. Did you mean 'resnet18'?"),
     (["data", "show", "synthetic-waterbird"], "Unknown data set 'synthetic-waterbird'. Did you mean 'synthetic-waterbirds'?"),
     (["data", "show", "synthetic-celeba", "--split", "tset"], "Unknown --split 'tset'. Did you mean 'test'?"),
-    (["data", "prepare", "waterbirds"], "pass --root DIR"),
+    (["data", "prepare", "waterbirds"], "set OILWATER_DATA (or pass --root) to the data root, a folder holding waterbirds/"),
+    (["train", "erm", "--data", "celeba", "--epochs", "1"], "set OILWATER_DATA (or pass --root) to the data root"),
+    (["data", "show", "waterbirds", "--root", "/no/such/root"], "--root /no/such/root does not exist"),
+    (["data", "show", "synthetic-waterbirds", "--n-cols", "0"], "--n-cols must be at least 1"),
+    (["tables", "--results", "/no/such/results"], "--results /no/such/results: no results"),
     (["reproduce", "tabel2", "--dry-run"], "Unknown table 'tabel2'. Did you mean 'table2'?"),
     (["reproduce", "table2", "--preset", "cpuu", "--dry-run"], "Unknown preset 'cpuu'. Did you mean 'cpu'?"),
     (["reproduce", "table2", "--seeds", "0,x", "--dry-run"], "--seeds takes non-negative integers"),
     (["tables", "table2", "--preset", "papr"], "Did you mean 'paper'?"),
 ])
-def test_user_errors_in_process(args, message, capsys):
+def test_user_errors_in_process(args, message, capsys, monkeypatch):
+    monkeypatch.delenv("OILWATER_DATA", raising=False)
     from oilwater_jax.cli import run_cli
     assert run_cli(args) == 2
     err = capsys.readouterr().err
@@ -79,7 +84,7 @@ def test_ctrl_c_in_a_command_exits_130(monkeypatch, capsys):
 def test_usage_errors_keep_clicks_message():
     p = oilwater("train", "erm", "--no-such-option")
     assert p.returncode == 2
-    assert "Usage: oilwater train erm" in p.stderr and "No such option: --no-such-option" in p.stderr
+    assert "Usage: oilwater train erm" in p.stderr and re.search(r"No such option:? '?--no-such-option", p.stderr)
     assert "Traceback" not in p.stderr
     p = oilwater("data", "show")
     assert p.returncode == 2 and "Missing argument 'NAME'" in p.stderr
@@ -179,3 +184,55 @@ def test_train_erm_writes_results(tmp_path):
     assert table[0].startswith("synthetic-waterbirds, test split (epoch 1 of 1")
     assert [l.split()[0] for l in table[2:6]] == ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
     assert table[6].startswith("  ACC ") and "WGA" in table[6]
+
+
+def _one_line_error(p, *parts):
+    "The process failed with status 2 and one `error:` line on stderr that contains every part (no traceback)."
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    err = p.stderr.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for part in parts: assert part in err, (part, err)
+
+
+def test_data_show_out_is_a_folder(tmp_path):
+    from oilwater_jax.cli import run_cli
+    p = oilwater("data", "show", "synthetic-waterbirds", "--scale", "0.02", "--out", tmp_path)
+    _one_line_error(p, f"--out {tmp_path} is a folder")
+
+
+def test_latin1_metadata_names_file_and_line(tmp_path):
+    from oilwater_jax.real_data import write_fixture_waterbirds
+    folder = write_fixture_waterbirds(tmp_path / "root" / "waterbirds", n_per_group_split=1)
+    meta = folder / "metadata.csv"
+    lines = meta.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b".jpg", b"\xe9.jpg", 1)  # one latin-1 "é" in a file name, as a spreadsheet export writes it
+    meta.write_bytes(b"\n".join(lines))
+    p = oilwater("data", "prepare", "waterbirds", "--root", tmp_path / "root", "--size", "16",
+                 env={"OILWATER_CACHE": str(tmp_path / "cache")})
+    _one_line_error(p, f"{meta} line 4: byte 0xe9", "not UTF-8", "iconv")
+
+
+def test_root_convention_is_shared_with_the_environment(tmp_path):
+    from oilwater_jax.real_data import write_fixture_waterbirds
+    write_fixture_waterbirds(tmp_path / "root" / "waterbirds", n_per_group_split=1)
+    env = {"OILWATER_CACHE": str(tmp_path / "cache"), "OILWATER_DATA": str(tmp_path / "root")}
+    p = oilwater("data", "prepare", "waterbirds", "--size", "16", env=env)          # $OILWATER_DATA
+    assert p.returncode == 0 and "12 images of 16x16x3 ready" in p.stdout, p.stderr
+    p = oilwater("data", "prepare", "waterbirds", "--size", "16", "--root", tmp_path / "root",
+                 env={**env, "OILWATER_DATA": str(tmp_path / "elsewhere")})        # --root overrides it
+    assert p.returncode == 0 and "already cached" in p.stdout, p.stderr
+    p = oilwater("data", "prepare", "waterbirds", "--root", tmp_path / "root" / "waterbirds", env=env)
+    _one_line_error(p, "is the waterbirds folder itself", "ln -s")
+
+
+def test_paper_preset_checks_every_input_before_running(tmp_path):
+    env = {"OILWATER_DATA": str(tmp_path / "data"), "OILWATER_WEIGHTS": str(tmp_path / "weights")}
+    (tmp_path / "data").mkdir(); (tmp_path / "weights").mkdir()
+    p = oilwater("reproduce", "table1", "--preset", "paper", "--results", tmp_path / "results", "--no-progress", env=env)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    err = p.stderr
+    assert err.startswith("error: Nothing was run") and "Traceback" not in err, err
+    items = [l for l in err.splitlines() if l.startswith("  - ")]
+    assert [l.split(" (")[0] for l in items] == ["  - waterbirds data", "  - pretrained resnet18 weights", "  - celeba data"], err
+    assert str(tmp_path / "data") in items[0] and str(tmp_path / "weights") in items[1]
+    assert not (tmp_path / "results" / "cells").exists()

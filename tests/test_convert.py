@@ -152,3 +152,30 @@ def test_out_of_bounds_tensor_view_is_refused(tmp_path):
         z.writestr("archive/data.pkl", data_pkl.replace(b"(K\x04K\x04t(K\x04K\x01t", b"(K\x02K\x02t(K\x02K\x01t"))
         z.writestr("archive/data/0", np.arange(4, dtype=np.float32).tobytes())
     np.testing.assert_array_equal(read_state_dict(path)["w"], [[0, 1], [2, 3]])
+
+
+def test_expanded_tensor_is_refused_before_allocating(tmp_path):
+    # a 1x1 storage viewed as 10000 x 20000 with strides (0, 0): 800 MB if it were copied, from a file of under 1 KB
+    storage = (b"(" + _unicode("storage") + b"ctorch\nFloatStorage\n" + _unicode("0") + _unicode("cpu") + b"K\x01tQ")
+    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"K\x00(M\x10\x27M\x20\x4et(K\x00K\x00t\x89}tR")
+    path = tmp_path / "expanded.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}" + _unicode("w") + tensor + b"s.")
+        z.writestr("archive/data/0", np.zeros(1, np.float32).tobytes())
+    assert path.stat().st_size < 1500
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(OilwaterError, match=r"expanded\.pth: a tensor of size \(10000, 20000\) .* reuses a storage of 1"):
+        read_state_dict(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing near 800 MB was allocated
+
+
+def test_storage_larger_than_its_entry_is_refused_before_reading(tmp_path):
+    storage = (b"(" + _unicode("storage") + b"ctorch\nFloatStorage\n" + _unicode("0") + _unicode("cpu") + b"J\x00\x00\x00\x40tQ")
+    tensor = b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"K\x00(K\x01t(K\x01t\x89}tR"
+    path = tmp_path / "short.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}" + _unicode("w") + tensor + b"s.")
+        z.writestr("archive/data/0", np.zeros(4, np.float32).tobytes())
+    with pytest.raises(OilwaterError, match=r"short\.pth: storage 'archive/data/0' has 16 bytes, expected 1073741824"):
+        read_state_dict(path)

@@ -1,4 +1,4 @@
-"""The documentation site, built offline and opened in headless Chromium: pages render with their content, maths with KaTeX.
+"""The documentation site, built offline and opened in headless Chromium: pages render with their content, maths as MathML.
 
 Builds the site from a temporary copy of the project (so a missing home page, theory page or tables page can be filled
 in without touching the repository), serves it on 127.0.0.1, and checks the rendered DOM, not just HTTP status.
@@ -8,6 +8,7 @@ Needs Debian's `chromium` and `chromium-driver`; skipped, saying so, when they a
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -48,6 +49,7 @@ def _project_copy(dest: Path) -> Path:
     "A copy of the project's docs sources, with a home, theory and tables page added only where the repo has none."
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "_proc", "_docs", "_site")
     shutil.copy(ROOT / "pyproject.toml", dest)
+    shutil.copy(ROOT / "README.md", dest)
     for d in ("nbs", "oilwater_jax", "theory"):
         if (ROOT / d).is_dir():
             shutil.copytree(ROOT / d, dest / d, ignore=ignore)
@@ -64,14 +66,39 @@ def _project_copy(dest: Path) -> Path:
     return dest
 
 
+BUILD: dict = {}
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory) -> Path:
-    "The whole site, built once from a copy of the project."
+    "The whole site, built once from a copy of the project, with a fresh cache and an `npm` on PATH that only records calls."
     pytest.importorskip("smalldocs")
     from oilwater_jax.docs import build_docs
 
     project = _project_copy(tmp_path_factory.mktemp("project"))
-    return build_docs(tmp_path_factory.mktemp("built") / "site", project=project, n_workers=2)
+    fake_bin, marker = tmp_path_factory.mktemp("bin"), tmp_path_factory.mktemp("npm") / "called"
+    (fake_bin / "npm").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n"); (fake_bin / "npm").chmod(0o755)
+    readme = hashlib.sha256((project / "README.md").read_bytes()).hexdigest()
+    saved = {k: os.environ.get(k) for k in ("PATH", "OILWATER_CACHE")}
+    os.environ["PATH"] = f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["OILWATER_CACHE"] = str(tmp_path_factory.mktemp("fresh-cache"))
+    try: site = build_docs(tmp_path_factory.mktemp("built") / "site", project=project, n_workers=2)
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+    BUILD.update(npm_called=marker.exists(), readme_same=hashlib.sha256((project / "README.md").read_bytes()).hexdigest() == readme)
+    return site
+
+
+def test_build_is_offline_and_leaves_the_readme(site):
+    assert BUILD["npm_called"] is False, "the docs build ran npm"
+    assert BUILD["readme_same"], "the docs build changed README.md"
+    import re
+    loads = [p.name for p in site.rglob("*.html")
+             if re.search(r'<(script|link)\b[^>]*katex', p.read_text(encoding="utf-8"), re.I)]
+    assert loads == [], f"pages still load KaTeX: {loads}"
+    assert not (site / "site_libs" / "katex").exists()
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +129,8 @@ def browser(tmp_path_factory):
     opts.binary_location = CHROMIUM
     for a in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
               "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
-              "--window-size=1280,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+              "--window-size=1280,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+              "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"):  # no network: only our server answers
         opts.add_argument(a)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
@@ -149,6 +177,9 @@ def test_home_page(browser, server, shots):
         assert len(_main_text(b)) > 100, _main_text(b)
     else:
         assert HOME_TEXT in _main_text(b)
+    if (ROOT / "nbs" / "index.ipynb").exists():  # the two-line `>` description, whole (it was cut at the line break)
+        desc = b.find_element(By.CSS_SELECTOR, ".description").text
+        assert "Like Oil and Water" in desc and desc.rstrip(".").endswith("(arXiv 2504.02142)"), desc
     sidebar = b.find_element(By.ID, "quarto-sidebar").get_attribute("textContent")
     for section in ("Home", "API", "Theory", "Reproduced tables"):
         assert section in sidebar, f"{section!r} missing from the sidebar: {sidebar!r}"
@@ -184,19 +215,41 @@ def test_tables_page(browser, server, shots):
 
 def test_theory_pages_math(browser, server, shots, site):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     pages = sorted(p for p in (site / "theory").glob("*.html") if p.name != "index.html" and 'class="math' in p.read_text())
     assert pages, "no theory page with maths was built"
     for n, page in enumerate(pages):
+        html = page.read_text()
+        assert "\\(" not in html and "\\[" not in html, f"{page.name}: TeX left unconverted"
         b = _open(browser, f"{server}/{page.relative_to(site).as_posix()}")
-        WebDriverWait(b, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "span.katex"))
+        formulas = b.find_elements(By.CSS_SELECTOR, "span.math > math")
+        assert formulas, f"{page.name}: no MathML"
+        sizes = b.execute_script("return [...document.querySelectorAll('span.math > math')].map("
+                                 "m => {const r = m.getBoundingClientRect(); return [r.width, r.height, m.getAttribute('display')]})")
+        assert all(w > 0 and h > 0 for w, h, _ in sizes), f"{page.name}: a formula has no size: {sizes[:5]}"
         if n == 0:
             b.save_screenshot(str(shots / "theory.png"))
-            assert b.find_elements(By.CSS_SELECTOR, ".katex-display"), "display maths did not render"
-        assert any(k.is_displayed() for k in b.find_elements(By.CSS_SELECTOR, "span.katex"))
-        errors = [e.get_attribute("title") or e.text for e in b.find_elements(By.CSS_SELECTOR, ".katex-error")]
-        assert not errors, f"{page.name}: KaTeX could not render {errors[:3]}"
-        assert _external_requests(b, server) == [], "maths must render offline (KaTeX vendored into site_libs/katex)"
-    index = _open(browser, server + "/theory/index.html")
-    assert index.find_elements(By.CSS_SELECTOR, "main li a"), "the Theory landing page lists no pages"
+            blocks = [(w, h) for w, h, d in sizes if d == "block"]
+            assert blocks and max(h for _, h in blocks) > 20, "display maths did not render as a block"
+            # MathML laid out by the browser: a fraction or sub/superscript is taller than a line of plain text
+            assert max(h for _, h, _ in sizes) > 1.2 * b.execute_script(
+                "return parseFloat(getComputedStyle(document.querySelector('main p')).fontSize)")
+        assert _external_requests(b, server) == [], "maths must render offline"
+
+
+def test_tutorial_page_shows_its_outputs(browser, server, shots, site):
+    from selenium.webdriver.common.by import By
+
+    page = site / "tutorials" / "erm_baseline.html"
+    assert page.exists(), sorted(p.name for p in (site / "tutorials").iterdir())
+    b = _open(browser, f"{server}/tutorials/erm_baseline.html")
+    imgs = [i for i in b.find_elements(By.CSS_SELECTOR, "main img")
+            if b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) > 100]
+    assert imgs, "the walkthrough's figure (the groups of the data) is not on its page"
+    imgs[0].location_once_scrolled_into_view
+    b.save_screenshot(str(shots / "tutorial.png"))
+    text = _main_text(b)
+    assert "2 cells (2 missing) under preset 'smoke'" in text or "ran 2 (2 ok, 0 failed)" in text, text[:2000]
+    tables = [t.text for t in b.find_elements(By.CSS_SELECTOR, "main table")]
+    assert any("ERM" in t and "Seeds" in t for t in tables), "the walkthrough's tables are not on its page"
+    assert _external_requests(b, server) == []
