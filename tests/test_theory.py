@@ -289,6 +289,8 @@ def test_no_loss_rule_beats_the_threshold(model):
         if not 1e-9 < q < 1 - 1e-9: continue
         worst = min(worst, piecewise_rule_rate(cuts, probs, law.mu, law.scale) - float(removal_curve(q, law.separation)))
         c_q = law.mu - law.shift + law.scale * float(ndtri(q))
+        # the bound is attained: the threshold rule with the same poison rate removes exactly that much minority
+        assert piecewise_rule_rate([c_q], [1, 0], law.mu, law.scale) == pytest.approx(float(removal_curve(q, law.separation)), abs=1e-9)
         narrow = 0.6 * law.scale  # minority law narrower than the poisons': the likelihood ratio is not monotone
         worst_bad = min(worst_bad, piecewise_rule_rate(cuts, probs, law.mu, narrow) - piecewise_rule_rate([c_q], [1, 0], law.mu, narrow))
     assert worst >= -1e-12
