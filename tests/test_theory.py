@@ -18,6 +18,14 @@ from oilwater_jax.theory import (
     product_tv_bound, removal_curve, sample_group, sample_poisons, sample_training_set, sample_triggered, survival_gap,
     trimmed_mean_reference, upsample_indices)
 
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    "Hundreds of small fits: one BLAS thread is faster (and fair to shared CI cores); restored after this module."
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        yield
+
+
 CFG = LinearGaussianConfig()  # d=50, alpha=1, beta=2, sigma=1, tau=3, Waterbirds group sizes, 48 poisons, l2=1e-2
 N_FRESH = 20_000
 
