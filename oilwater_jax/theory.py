@@ -1,6 +1,7 @@
 """The formulas of our loss-based identification results as small functions: the linear-Gaussian model's margins,
-AUC and IDNF curves, the removal curve, the amplified poison share, the DKW band, the twin-world distances, and
-the simulation helpers that check them.
+AUC and IDNF curves, the removal curve and the exact rates of other removal rules, the amplified poison share, the
+DKW band and cross-fitting, the twin-world distances, reference robust aggregators, and the simulation helpers that
+check them.
 
 Docs: https://oilwater-jax.github.io/oilwater-jax/theory.html.md"""
 
