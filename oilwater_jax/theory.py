@@ -1,6 +1,7 @@
 """The formulas of our loss-based identification results as small functions: the linear-Gaussian model's margins,
-AUC and IDNF curves, the removal curve, the amplified poison share, the DKW band, the twin-world distances, and
-the simulation helpers that check them.
+AUC and IDNF curves, the removal curve and the exact rates of other removal rules, the amplified poison share, the
+DKW band and cross-fitting, the twin-world distances, reference robust aggregators, and the simulation helpers that
+check them.
 
 Docs: https://oilwater-jax.github.io/oilwater-jax/theory.html.md"""
 
@@ -23,7 +24,8 @@ __all__ = ['CORE', 'SPURIOUS', 'TRIGGER', 'MINORITY_GROUP', 'UPSAMPLING_CONVENTI
            'LogisticFit', 'fit_logistic', 'margins', 'MarginLaw', 'margin_law', 'gaussian_auc', 'idnf_gaussian',
            'asr_gaussian', 'separation_from_auc', 'poison_rate_at', 'removal_curve', 'dkw_epsilon', 'survival_gap',
            'AUCEstimate', 'empirical_auc', 'gaussian_tv', 'gaussian_hellinger', 'product_tv_bound', 'upsample_indices',
-           'amplified_poison_share', 'amplified_poison_share_limit']
+           'amplified_poison_share', 'amplified_poison_share_limit', 'piecewise_rule_rate', 'CrossFit', 'cross_fit',
+           'ks_distance', 'coordinate_median_reference', 'trimmed_mean_reference', 'honest_range']
 
 # %% ../nbs/60_theory.ipynb #c83c2d99
 CORE, SPURIOUS, TRIGGER = 0, 1, 2  # coordinates of e_c, e_s, e_t
@@ -350,3 +352,70 @@ def amplified_poison_share_limit(n_flagged: int | Fraction, # flagged samples F 
     if n_flagged <= 0: raise OilwaterError("amplified_poison_share_limit: needs at least one flagged sample.")
     exact = all(isinstance(v, numbers.Rational) for v in (n_flagged, n_flagged_poisons))
     return Fraction(n_flagged_poisons, n_flagged) if exact else n_flagged_poisons / n_flagged
+
+# %% ../nbs/60_theory.ipynb #751a570f
+def piecewise_rule_rate(cuts: np.ndarray, # float [K-1], increasing margin cut points
+                        probs: np.ndarray, # float [K] in [0, 1], removal probability on each of the K intervals
+                        mean: float, # mean of the margin law
+                        scale: float, # its standard deviation, > 0
+                       ) -> float:
+    "Exact removal rate of a piecewise-constant (randomised) margin rule under N(mean, scale^2)."
+    cuts, probs = np.asarray(cuts, np.float64).ravel(), np.asarray(probs, np.float64).ravel()
+    if len(probs) != len(cuts) + 1: raise OilwaterError(f"piecewise_rule_rate: {len(cuts)} cuts need {len(cuts) + 1} probs, got {len(probs)}.")
+    if np.any(np.diff(cuts) <= 0): raise OilwaterError("piecewise_rule_rate: cuts must be strictly increasing.")
+    if np.any((probs < 0) | (probs > 1)): raise OilwaterError("piecewise_rule_rate: probs must be in [0, 1].")
+    if scale <= 0: raise OilwaterError(f"piecewise_rule_rate: scale={scale} must be > 0.")
+    cdf = np.r_[0.0, ndtr((cuts - mean) / scale), 1.0]
+    return float(probs @ np.diff(cdf))
+
+# %% ../nbs/60_theory.ipynb #f5061f8c
+class CrossFit(NamedTuple):
+    "Two-fold cross-fitting: the fold of every sample and, per fold, the model that scores it (fitted on the other fold)."
+    fold: np.ndarray # int [N], 0 or 1
+    fits: tuple # (LogisticFit scoring fold 0, LogisticFit scoring fold 1)
+
+def cross_fit(data: ToyData, # the training set
+              l2: float, # penalty of the logistic model
+              seed: int, # seed of the random split (independent of the data)
+             ) -> CrossFit:
+    "Split at random into two halves; fold k is scored by the model fitted on the other fold."
+    n = len(data.y)
+    fold = np.zeros(n, np.int64); fold[np.random.default_rng([seed, 77]).permutation(n)[: n // 2]] = 1
+    return CrossFit(fold, tuple(fit_logistic(data.x[fold != k], data.y[fold != k], l2) for k in (0, 1)))
+
+def ks_distance(sample: np.ndarray, # i.i.d. draws
+                cdf, # the continuous distribution function they are compared with (vectorised)
+               ) -> float:
+    "sup_t |F_n(t) - F(t)| of the empirical distribution function of `sample` against a continuous `cdf`."
+    x = np.sort(np.ravel(np.asarray(sample, np.float64)))
+    if len(x) == 0: raise OilwaterError("ks_distance: the sample is empty.")
+    f, i = cdf(x), np.arange(1, len(x) + 1)
+    return float(max(np.max(i / len(x) - f), np.max(f - (i - 1) / len(x))))
+
+# %% ../nbs/60_theory.ipynb #4d133147
+def _stacked(u: np.ndarray, who: str) -> np.ndarray:
+    u = np.asarray(u, np.float64)
+    if u.ndim < 1 or u.shape[0] < 1: raise OilwaterError(f"{who}: updates must be stacked on axis 0 (clients first), got shape {u.shape}.")
+    return u
+
+def coordinate_median_reference(stacked: np.ndarray, # float [n_clients, ...], client updates
+                               ) -> np.ndarray:
+    "Coordinate-wise median over clients (axis 0)."
+    return np.median(_stacked(stacked, "coordinate_median_reference"), axis=0)
+
+def trimmed_mean_reference(stacked: np.ndarray, # float [n_clients, ...], client updates
+                           trim: int, # b: the b largest and b smallest values of every coordinate are dropped
+                          ) -> np.ndarray:
+    "Coordinate-wise trimmed mean over clients: sort each coordinate, drop `trim` from each end, average."
+    u = _stacked(stacked, "trimmed_mean_reference")
+    if int(trim) != trim or trim < 0 or 2 * trim >= u.shape[0]:
+        raise OilwaterError(f"trimmed_mean_reference: trim={trim} must be an integer with 0 <= 2*trim < {u.shape[0]} clients.")
+    return np.sort(u, axis=0)[int(trim): u.shape[0] - int(trim)].mean(axis=0)
+
+def honest_range(stacked: np.ndarray, # float [n_clients, ...], client updates
+                 minority_clients: np.ndarray, # bool [n_clients], the clients that hold minority data
+                ) -> tuple[np.ndarray, np.ndarray]:
+    "Per-coordinate min and max over the clients that do not hold the minority."
+    u, m = _stacked(stacked, "honest_range"), np.asarray(minority_clients, bool)
+    if m.shape != (u.shape[0],) or m.all(): raise OilwaterError(f"honest_range: minority_clients needs {u.shape[0]} flags, not all True.")
+    return u[~m].min(axis=0), u[~m].max(axis=0)

@@ -7,11 +7,24 @@ import pytest
 from scipy.special import ndtr
 
 from oilwater_jax.core import OilwaterError
+from dataclasses import replace
+
+from scipy.special import ndtri
+
 from oilwater_jax.theory import (
     CORE, SPURIOUS, TRIGGER, LinearGaussianConfig, amplified_poison_share, amplified_poison_share_limit, asr_gaussian,
-    dkw_epsilon, empirical_auc, fit_logistic, gaussian_auc, gaussian_hellinger, gaussian_tv, idnf_gaussian,
-    logistic_loss, margin_law, margins, product_tv_bound, removal_curve, sample_group, sample_poisons,
-    sample_training_set, sample_triggered, survival_gap, upsample_indices)
+    coordinate_median_reference, cross_fit, dkw_epsilon, empirical_auc, fit_logistic, gaussian_auc, gaussian_hellinger,
+    gaussian_tv, honest_range, idnf_gaussian, ks_distance, logistic_loss, margin_law, margins, piecewise_rule_rate,
+    product_tv_bound, removal_curve, sample_group, sample_poisons, sample_training_set, sample_triggered, survival_gap,
+    trimmed_mean_reference, upsample_indices)
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    "Hundreds of small fits: one BLAS thread is faster (and fair to shared CI cores); restored after this module."
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        yield
+
 
 CFG = LinearGaussianConfig()  # d=50, alpha=1, beta=2, sigma=1, tau=3, Waterbirds group sizes, 48 poisons, l2=1e-2
 N_FRESH = 20_000
@@ -198,3 +211,134 @@ def test_product_tv_bounds_hold_for_gaussians():
             assert exact <= product_tv_bound(tv, h, k) + 1e-12
             hk = float(gaussian_hellinger(math.sqrt(k) * r))  # 1 - H_k^2 = (1 - H^2)^k
             assert 1 - hk**2 == pytest.approx((1 - h**2) ** k, rel=1e-9)
+
+
+# ---------------------------------------------------------------- Theorem 0: the headline identity
+def _identity_sides(fit, x_trig):
+    "Measured IDNF_G - IDNF_P (loss > ln 2) and ASR - Acc_G (predicted class), four independent fresh samples, and SE."
+    ps = [float(np.mean(logistic_loss(margins(fit.w, fit.b, sample_group(rng(20), N_FRESH, 1, -1, CFG), 1.0)) > math.log(2))),
+          float(np.mean(logistic_loss(margins(fit.w, fit.b, sample_poisons(rng(21), N_FRESH, CFG), 1.0)) > math.log(2))),
+          float(np.mean(x_trig @ fit.w + fit.b > 0)),
+          float(np.mean(sample_group(rng(23), N_FRESH, 1, -1, CFG) @ fit.w + fit.b > 0))]
+    return ps[0] - ps[1], ps[2] - ps[3], math.sqrt(sum(p * (1 - p) for p in ps) / N_FRESH)
+
+
+def test_headline_identity_linear(model):
+    "IDNF_G - IDNF_P = ASR - Acc_G at JTT's rule: exact in closed form, within 4 SE measured; off when (A) fails."
+    _, fit = model
+    law = margin_law(fit.w, fit.b, CFG)
+    g, p = (float(v) for v in idnf_gaussian(law, 0.0))
+    assert g - p == pytest.approx(asr_gaussian(fit.w, fit.b, CFG) - (1 - g), abs=1e-12)
+    assert g - p == pytest.approx(0.044 - 0.174, abs=2e-3)  # 0.826 - 0.956 = 0.044 - 0.174
+    lhs, rhs, se = _identity_sides(fit, sample_triggered(rng(22), N_FRESH, CFG))
+    assert abs(lhs - rhs) <= 4 * se
+    lhs, rhs, se = _identity_sides(fit, sample_triggered(rng(22), N_FRESH, replace(CFG, tau=1.0)))  # (A) violated
+    assert abs(lhs - rhs) > 4 * se
+
+
+def test_duality_detects_a_mismatched_trigger(model):
+    "Test-time trigger 2 vs poisons' 3: IDNF_P - (1 - ASR_T) is off 0 by > 4 SE, matches the closed form, below TV."
+    _, fit = model
+    cfg_t = replace(CFG, tau=2.0)
+    idnf_p = float(np.mean(logistic_loss(margins(fit.w, fit.b, sample_poisons(rng(7), N_FRESH, CFG), 1.0)) > math.log(2)))
+    asr_t = float(np.mean(sample_triggered(rng(24), N_FRESH, cfg_t) @ fit.w + fit.b > 0))
+    pbar = (idnf_p + 1 - asr_t) / 2
+    se = math.sqrt(pbar * (1 - pbar) * 2 / N_FRESH)
+    pred = float(idnf_gaussian(margin_law(fit.w, fit.b, CFG), 0.0)[1]) - (1 - asr_gaussian(fit.w, fit.b, cfg_t))
+    gap = idnf_p - (1 - asr_t)
+    assert abs(gap) > 4 * se and abs(gap - pred) <= 4 * se and abs(gap) <= float(gaussian_tv(1.0))
+
+
+def test_duality_gap_identity_below_ln2(model):
+    "Theorem 3 (b): IDNF_G(t) - IDNF_P(t) = ASR - P(s_G <= t) - P(s_P > t, hit), exactly on one sample, t < ln 2."
+    _, fit = model
+    lg = logistic_loss(margins(fit.w, fit.b, sample_group(rng(25), 5000, 1, -1, CFG), 1.0))
+    mp = margins(fit.w, fit.b, sample_poisons(rng(26), 5000, CFG), 1.0)
+    lp, hit = logistic_loss(mp), mp > 0
+    for t in (0.05, 0.3, 0.69):
+        gap = np.mean(lg > t) - np.mean(lp > t)
+        assert gap == pytest.approx(hit.mean() - np.mean(lg <= t) - np.mean((lp > t) & hit), abs=1e-12)
+        assert np.mean(lg <= t) <= np.mean(lg < math.log(2))  # P(s_G <= t) <= Acc_G
+
+
+# ---------------------------------------------------------------- Theorem 1': per fold
+def test_cross_fitted_dkw_per_fold():
+    "Each fold's poison and minority margins within the DKW band of their laws under that fold's model; a swap leaves it."
+    cfg10 = replace(CFG, group_counts=tuple(10 * c for c in CFG.group_counts), n_poisons=10 * CFG.n_poisons)
+    data = sample_training_set(cfg10, 0)
+    cf = cross_fit(data, CFG.l2, 0)
+    sizes = []
+    for k in (0, 1):
+        f, s = cf.fits[k], cf.fold == k
+        law = margin_law(f.w, f.b, cfg10)
+        mg, mp = margins(f.w, f.b, data.x[s & data.minority], 1.0), margins(f.w, f.b, data.x[s & data.is_poison], 1.0)
+        sizes.append((len(mp), len(mg)))
+        cdf_g = lambda c: ndtr((c - law.mu) / law.scale)
+        cdf_p = lambda c: ndtr((c - law.mu + law.shift) / law.scale)
+        eg, ep = float(dkw_epsilon(len(mg), 0.005)), float(dkw_epsilon(len(mp), 0.005))
+        assert ks_distance(mg, cdf_g) <= eg and ks_distance(mp, cdf_p) <= ep
+        assert law.shift > 0 and survival_gap(logistic_loss(mg), logistic_loss(mp)) <= eg + ep
+        assert ks_distance(mp, cdf_g) > ep  # the poisons against the minority's law: rejected
+    assert sizes[0] != sizes[1] and sum(n for n, _ in sizes) == 480  # unstratified folds of different sizes
+
+
+# ---------------------------------------------------------------- Result 5: no loss-based rule beats the threshold
+def test_no_loss_rule_beats_the_threshold(model):
+    "Two-sided, interval and randomised margin rules never remove less minority than Phi(Phi^-1(q) - Delta); unequal variances break it."
+    _, fit = model
+    law = margin_law(fit.w, fit.b, CFG)
+    r = np.random.default_rng(3)
+    worst, worst_bad = np.inf, np.inf
+    for i in range(900):
+        k = (2, 2, int(r.integers(1, 6)))[i % 3]
+        cuts = np.sort(r.uniform(-8, 6, k))
+        probs = (np.array([1.0, 0, 1]), np.array([0, 1.0, 0]), r.uniform(0, 1, k + 1))[i % 3]
+        q = piecewise_rule_rate(cuts, probs, law.mu - law.shift, law.scale)
+        if not 1e-9 < q < 1 - 1e-9: continue
+        worst = min(worst, piecewise_rule_rate(cuts, probs, law.mu, law.scale) - float(removal_curve(q, law.separation)))
+        c_q = law.mu - law.shift + law.scale * float(ndtri(q))
+        # the bound is attained: the threshold rule with the same poison rate removes exactly that much minority
+        assert piecewise_rule_rate([c_q], [1, 0], law.mu, law.scale) == pytest.approx(float(removal_curve(q, law.separation)), abs=1e-9)
+        narrow = 0.6 * law.scale  # minority law narrower than the poisons': the likelihood ratio is not monotone
+        worst_bad = min(worst_bad, piecewise_rule_rate(cuts, probs, law.mu, narrow) - piecewise_rule_rate([c_q], [1, 0], law.mu, narrow))
+    assert worst >= -1e-12
+    assert worst_bad < -0.01
+
+
+# ---------------------------------------------------------------- Result 4: a pipeline that attains the bound
+def test_lecam_pipeline_attains_the_twin_world_bound():
+    "The likelihood-ratio pipeline has E1[Err] + E2[ASR] = 1 - TV(M^48, M'^48) within 4 SE; the one-sample TV is too small."
+    tau, r, k, reps = 8.0, 0.25, 48, 1000
+    cfg_tw = replace(CFG, tau=tau)
+    err_keep = float(ndtr(-tau / 2))
+    e1, a2 = [], []
+    for rep in range(reps):
+        for world, store in ((1, e1), (2, a2)):
+            x = sample_triggered(np.random.default_rng([rep, 30 + world]), k, cfg_tw)
+            if world == 2: x[:, 3] += r
+            reject = x[x[:, TRIGGER] > tau / 2, 3].mean() > r / 2
+            err = 1 - err_keep if reject else err_keep
+            store.append(err if world == 1 else 1 - err)
+    total = np.mean(e1) + np.mean(a2)
+    se = math.sqrt(np.var(e1, ddof=1) / reps + np.var(a2, ddof=1) / reps)
+    tv = float(gaussian_tv(math.sqrt(k) * r))
+    assert abs(total - (1 - tv)) <= 4 * se and abs(total - 1) <= tv + 4 * se
+    assert abs(total - 1) > float(gaussian_tv(r)) + 4 * se
+
+
+# ---------------------------------------------------------------- Result 7: robust aggregation
+def test_aggregation_stays_in_majority_range():
+    "k <= b minority clients: trimmed mean (b = 2) and median inside the others' range on every coordinate; k = 3 > b: not."
+    r = np.random.default_rng(16)
+    for k in (1, 2, 3):
+        mino = np.arange(10) >= 10 - k
+        outside = 0
+        for _ in range(300):
+            u = r.standard_normal((10, 20)); u[mino, 0] = 1e6
+            lo, hi = honest_range(u, mino)
+            for agg in (coordinate_median_reference(u),) + ((trimmed_mean_reference(u, 2),) if k <= 2 else ()):
+                assert np.all((lo <= agg) & (agg <= hi))
+            outside += trimmed_mean_reference(u, 2)[0] > hi[0]
+            assert u.mean(0)[0] > hi[0]  # FedAvg follows the minority
+        assert (outside == 300) == (k == 3) and (outside == 0) == (k <= 2)
+    np.testing.assert_allclose(trimmed_mean_reference(u, 0), u.mean(0))  # nothing trimmed: FedAvg
