@@ -14,7 +14,7 @@ import numpy as np
 from .core import OilwaterError, GroupDataset, SPLITS, cache_dir
 from .data import load_dataset
 from .experiments import RunConfig, make_row, get_preset
-from .metrics import adjusted_accuracy, DEFINITIONS_VERSION
+from .metrics import adjusted_accuracy
 from .train import TrainConfig, TrainState, FitResult, create_train_state
 
 # %% auto #0
@@ -106,7 +106,7 @@ def percent_metrics(result: FitResult, # a finished training run
     adjusted = t.adjusted_acc if train_counts is None else adjusted_accuracy(t.group_acc, train_counts)
     out = {"acc": 100 * (adjusted if data in ADJUSTED_ACC_DATA else t.acc), "wga": 100 * t.wga,
            "adjusted_acc": 100 * adjusted, "plain_acc": 100 * t.acc, "val_wga": 100 * result.val.wga,
-           "best_epoch": result.best_epoch, "definitions": DEFINITIONS_VERSION}
+           "best_epoch": result.best_epoch}
     out.update({f"acc_group{g}": 100 * float(a) for g, a in enumerate(t.group_acc)})
     return out
 
