@@ -240,6 +240,11 @@ def test_reproduce_tables_1_and_2_smoke(tmp_path):
         if row.config.attack == "gm": assert metrics[(row.config.name, "idnf_lrg1")] is None
         if row.config.method == "george" or row.config.data == "celeba":   # N/A in the paper: not reported
             assert metrics[(row.config.name, "idnf_lrg2")] is None, row.config.name
+    for row in get_table("table2").rows:   # ACC weights the test groups by the clean training counts, not the poisoned ones
+        if row.config.data != "waterbirds" or row.config.attack not in ("dlbd", "sa"): continue
+        counts = run_data(get_preset("smoke")(row.config)).split("train").group_counts()
+        g = np.array([metrics[(row.config.name, f"acc_group{i}")] for i in range(4)])
+        assert abs(metrics[(row.config.name, "acc")] - float(g @ counts / counts.sum())) < 1e-9, row.config.name
     ideal = [r for r in rows if r["case"] == "ideal" and r["metric"] == "idnf_poisons"]
     assert ideal and all(r["value"] == 0.0 for r in ideal)
     worst = [r for r in rows if r["case"] == "worst" and r["metric"] == "idnf_poisons"]
