@@ -17,7 +17,7 @@ from .pipeline import run_data, stage_train_config, stage_key, initial_state, pe
 from .train import TrainConfig, TrainState, FitResult, fit, create_train_state, resolve_model, predict
 from .poisons import (PoisonedData, DLBDConfig, SAConfig, make_dlbd, make_sa, evaluate_attack, attack_roles,
                                   targeted_asr, ROLES_BY_DATASET)
-from .gradient_matching import GMConfig, craft_gm, assemble_gm, gm_samples
+from .gradient_matching import GMConfig, craft_gm, assemble_gm, gm_samples, victim_lr_drops
 
 # %% auto #0
 __all__ = ['gm_craft_train_config', 'attack_config', 'data_fingerprint', 'gm_stage_config', 'craft_gm_stage', 'poison_for_run',
@@ -31,7 +31,7 @@ def gm_craft_train_config(cfg: RunConfig, # a cell whose row has the gm attack
     opt = cfg.attack.gm_craft
     return TrainConfig(model=cfg.model, epochs=opt.epochs, batch_size=opt.batch_size, learning_rate=opt.learning_rate,
                        momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True, select_by="last",
-                       eval_every=opt.epochs, eval_batch_size=cfg.eval_batch_size)
+                       eval_every=opt.epochs, eval_batch_size=cfg.eval_batch_size, lr_drops=victim_lr_drops(opt.epochs))
 
 def attack_config(cfg: RunConfig, # the cell's config
                  ) -> DLBDConfig | SAConfig | GMConfig | None:
@@ -160,7 +160,7 @@ def erm_attack_cell(cfg: RunConfig, # an ERM row's config (its method's stages: 
     data = run_data(cfg)
     poisoned = poison_for_run(cfg, data, seed, stages)
     run = _train(cfg, data if poisoned is None else poisoned.data, seed)
-    out = percent_metrics(run, cfg.row.data)
+    out = percent_metrics(run, cfg.row.data, data.split("train").group_counts())  # ACC weights: the clean counts
     if poisoned is not None:
         clean = clean_reference(cfg, data, seed, stages) if cfg.row.attack == "sa" else None
         out.update(attack_metrics(poisoned, run.state, clean, cfg.eval_batch_size))

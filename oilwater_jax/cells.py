@@ -13,7 +13,7 @@ import jax
 from .core import OilwaterError, GroupDataset
 from .experiments import RunConfig
 from .train import TrainConfig, TrainState, FitResult, create_train_state, resolve_model
-from .metrics import factors_by_role
+from .metrics import factors_by_role, DEFINITIONS_VERSION
 from .poisons import PoisonedData, ROLES_BY_DATASET
 from . import pipeline, attack_runs
 
@@ -28,6 +28,11 @@ class Cell(NamedTuple):
     data: GroupDataset # what the method trains on: `poisoned.data` under attack, else `clean`
     poisoned: PoisonedData | None # the attack's output (provenance, test inputs), or None without an attack
     roles: dict # role name -> group ids of the row's data set
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        "int [G]: the clean training split's group sizes (the adjusted ACC's weights; poisons do not count)."
+        return self.clean.split("train").group_counts()
 
 def cell_data(cfg: RunConfig, # the cell's config
               seed: int, # the cell's seed (draws the poisons)
@@ -45,6 +50,7 @@ def stage_config(cfg: RunConfig, # the cell's config
     "A JSON-able description of what a shared stage depends on: the cell's config minus what it ignores."
     d = dataclasses.asdict(cfg)
     d["row"].update(row_changes)
+    d["definitions"] = DEFINITIONS_VERSION  # a cached stage computed under older definitions is not reused
     if stages: d["stages"] = {s: d["stages"][s] for s in stages}
     return d
 
@@ -61,13 +67,14 @@ def identification_factors(selected: np.ndarray, # bool [n_train], samples the m
     groups = train.group_ids if poisoned is None else poisoned.base_group_ids
     f = factors_by_role(selected, groups, is_poison, roles)
     return {"idnf_poisons": 100 * f.get("poisons", np.nan), "idnf_lrg1": 100 * f["LRG-1"],
-            "idnf_lrg2": 100 * f["LRG-2"], "idnf_hrg": 100 * f["HRG"]}
+            "idnf_lrg2": 100 * f.get("LRG-2", np.nan), "idnf_hrg": 100 * f["HRG"]}
 
 def accuracy_metrics(result: FitResult, # the method's final training run
                      data: str, # the row's data set ("waterbirds" or "celeba"), for its ACC convention
+                     train_counts: np.ndarray | None = None, # the clean training group sizes (`Cell.train_counts`)
                     ) -> dict:
     "Test ACC, WGA (and diagnostics) of a training run, in percent (`pipeline.percent_metrics`)."
-    return pipeline.percent_metrics(result, data)
+    return pipeline.percent_metrics(result, data, train_counts)
 
 # %% ../nbs/08_cells.ipynb #79734031
 def method_clean_reference(cfg: RunConfig, # the cell's config

@@ -11,10 +11,11 @@ from pathlib import Path
 from .core import OilwaterError, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['EXECUTED_DIR', 'process_notebooks', 'page_front_matter', 'page_title', 'rewrite_links', 'rename_to_output_files',
-           'write_landing_page', 'make_sidebar', 'title_cell_parts', 'restore_title_cells', 'record_outputs',
-           'inject_outputs', 'stage_docs', 'katex_cdn', 'tex_to_mathml', 'render_math', 'drop_remote_imports',
-           'localize_links', 'notebook_markdown', 'readme_header', 'write_readme', 'build_docs']
+__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'process_notebooks', 'page_front_matter', 'page_title', 'rewrite_links',
+           'rename_to_output_files', 'write_landing_page', 'make_sidebar', 'title_cell_parts', 'restore_title_cells',
+           'record_outputs', 'inject_outputs', 'stage_docs', 'katex_cdn', 'tex_to_mathml', 'render_math',
+           'drop_remote_imports', 'localize_links', 'notebook_markdown', 'readme_header', 'fill_claims', 'write_readme',
+           'build_docs']
 
 # %% ../nbs/95_docs.ipynb #437cf682
 @contextlib.contextmanager
@@ -415,15 +416,30 @@ def readme_header(source: str, # the notebook, relative to the project root
                  ) -> str:
     "The README's first line: generated, from which notebook, and how to regenerate it."
     return f"<!-- Generated from {source} by `oilwater readme`: edit the notebook, not this file. -->\n"
+CLAIMS_MARKER = re.compile(r"<!-- claims: (\w+) -->") # where the README gets the generated claim counts of a preset
+
+def fill_claims(text: str, # Markdown holding `<!-- claims: PRESET -->` markers
+                results_dir: str | Path, # the results folder the counts come from
+               ) -> str:
+    "The text with each claims marker followed by the preset's claim counts and failing claims (`tables.claims_summary`)."
+    if not CLAIMS_MARKER.search(text): return text
+    from oilwater_jax.tables import Results, claims_summary
+    from oilwater_jax.runner import load_methods
+    load_methods()
+    results = Results.load(results_dir)
+    return CLAIMS_MARKER.sub(lambda m: f"{m.group(0)}\n\n{claims_summary(results, m.group(1))}", text)
 
 def write_readme(project: str | Path | None = None, # the project root; None: found from the working directory
+                 results_dir: str | Path = "results", # where the claim counts come from (relative: under the project root)
                 ) -> Path:
-    "Write `README.md` at the project root from nbdev's `readme_nb` (normally `nbs/index.ipynb`)."
+    "Write `README.md` at the project root from nbdev's `readme_nb` (normally `nbs/index.ipynb`), claim counts filled in."
     cfg = _config(project)
     nb = cfg.config_path/cfg.nbs_path/cfg.get("readme_nb", "index.ipynb")
     if not nb.exists(): raise OilwaterError(f"{nb}: no such notebook (readme_nb in [tool.nbdev]).")
     out = cfg.config_path/"README.md"
-    atomic_write_bytes(out, (readme_header(nb.relative_to(cfg.config_path).as_posix()) + notebook_markdown(nb)).encode("utf-8"))
+    res = Path(results_dir) if Path(results_dir).is_absolute() else cfg.config_path/results_dir
+    body = fill_claims(notebook_markdown(nb), res)
+    atomic_write_bytes(out, (readme_header(nb.relative_to(cfg.config_path).as_posix()) + body).encode("utf-8"))
     return out
 
 # %% ../nbs/95_docs.ipynb #0cc6c414

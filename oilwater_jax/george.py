@@ -28,8 +28,8 @@ __all__ = ['REDUCTIONS', 'CLUSTERINGS', 'GEORGE_N_INIT', 'UMAP_ARGS', 'SCOPES', 
            'head_kernel', 'hardness_margin', 'fit_umap', 'fit_reducer', 'reduce_features', 'mean_cluster_silhouette',
            'ClassClusters', 'fit_class_clusters', 'cluster_class', 'george_clusters', 'cluster_classes',
            'smallest_clusters', 'intervene_clusters', 'compact_ids', 'GeorgeClusters', 'george_fit_clusters',
-           'george_identify', 'with_val_clusters', 'george_dro', 'identification_stage', 'dro_stage',
-           'identification_config', 'shared_clusters', 'train_george', 'run_george']
+           'george_identify', 'george_dro', 'identification_stage', 'dro_stage', 'identification_config',
+           'shared_clusters', 'train_george', 'run_george']
 
 # %% ../nbs/23_george.ipynb #6061a6c5
 REDUCTIONS = GEORGE_REDUCTIONS # "margin", "umap", "none"
@@ -160,7 +160,7 @@ def george_clusters(x: np.ndarray, # float [n, d], reduced features of the train
 
 # %% ../nbs/23_george.ipynb #233aef35
 SCOPES = ("class", "global")
-IDENTIFIED_SCOPE = "class" # the smallest cluster of each class is GEORGE's identified set
+IDENTIFIED_SCOPE = "global" # the paper's identified set: the one smallest cluster (Section 3.1)
 
 def cluster_classes(clusters: np.ndarray, labels: np.ndarray) -> dict:
     "cluster id -> its class (every cluster holds one class)."
@@ -240,26 +240,13 @@ def george_identify(cfg: TrainConfig, # the ERM stage's optimiser
                     progress: bool = False, # a progress bar over epochs
                    ) -> GeorgeClusters:
     "ERM, its features, per-class reduction and clustering: training and validation cluster ids and the ERM run."
-    erm = fit(dataclasses.replace(cfg, select_by="val_acc"), data, key, model=model, state=state, progress=progress)
+    erm = fit(dataclasses.replace(cfg, select_by="val_adjusted_acc"), data, key, model=model, state=state, progress=progress)
     train, val = data.split("train"), data.split("val")
     _, features = predict(erm.state, train.images, cfg.eval_batch_size, return_features=True)
     _, val_features = predict(erm.state, val.images, cfg.eval_batch_size, return_features=True)
     kernel = head_kernel(erm.state.params) if settings.reduction == "margin" else None
     clusters, assign = george_fit_clusters(np.asarray(features), train.labels, kernel, settings, seed)
     return GeorgeClusters(clusters, assign(np.asarray(val_features), val.labels), erm)
-
-def with_val_clusters(data: GroupDataset, # all splits
-                      val_clusters: np.ndarray, # int [n_val], the estimated cluster of every validation sample
-                     ) -> GroupDataset:
-    "A copy whose validation samples are grouped by estimated cluster (group `n_groups + cluster`); other splits as is."
-    val = data.splits == SPLIT_IDS["val"]
-    val_clusters = np.asarray(val_clusters, np.int64)
-    if val_clusters.shape != (int(val.sum()),) or (len(val_clusters) and val_clusters.min() < 0):
-        raise OilwaterError(f"with_val_clusters: need {int(val.sum())} non-negative cluster ids, got {val_clusters.shape}.")
-    attributes = data.attributes.copy()
-    attributes[val] = data.n_groups + val_clusters - 2 * data.labels[val]
-    names = data.group_names + tuple(f"cluster {c}" for c in range(int(val_clusters.max(initial=-1)) + 1))
-    return dataclasses.replace(data, attributes=attributes.astype(np.int32), group_names=names)
 
 def george_dro(cfg: TrainConfig, # the DRO stage's optimiser (cluster-balanced sampling is set here)
                data: GroupDataset, # all splits
@@ -270,19 +257,12 @@ def george_dro(cfg: TrainConfig, # the DRO stage's optimiser (cluster-balanced s
                model=None, # overrides `cfg.model`
                state: TrainState | None = None, # start from this state (e.g. pretrained weights)
                progress: bool = False, # a progress bar over epochs
+               train_group_counts: np.ndarray | None = None, # group sizes weighting the adjusted ACC (clean counts)
               ) -> FitResult:
     "Group DRO over the clusters, cluster-balanced sampling, a fresh model; `val`/`test` always on the true groups."
-    cfg = dataclasses.replace(cfg, sampler="group_balanced")
-    if val_clusters is None:
-        return fit_group_dro(cfg, data, key, groups=compact_ids(clusters), eta=DRO_STEP_SIZE, adjustment=adjustment,
-                             model=model, state=state, progress=progress)
-    with np.errstate(invalid="ignore"):  # no true group in the regrouped validation split: its adjusted ACC is NaN
-        result = fit_group_dro(dataclasses.replace(cfg, select_by="val_wga"), with_val_clusters(data, val_clusters), key,
-                               groups=compact_ids(clusters), eta=DRO_STEP_SIZE, adjustment=adjustment, model=model,
-                               state=state, progress=progress)
-    counts = data.split("train").group_counts()
-    return dataclasses.replace(result, val=evaluate(result.state, data.split("val"), counts, cfg.eval_batch_size),
-                               test=evaluate(result.state, data.split("test"), counts, cfg.eval_batch_size))
+    return fit_group_dro(dataclasses.replace(cfg, sampler="group_balanced", select_by="val_wga" if val_clusters is not None else cfg.select_by),
+                         data, key, groups=compact_ids(clusters), eta=DRO_STEP_SIZE, adjustment=adjustment, model=model,
+                         state=state, progress=progress, select_groups=val_clusters, train_group_counts=train_group_counts)
 
 # %% ../nbs/23_george.ipynb #ed8fffba
 DRO_ONLY_SETTINGS = ("size_adjustment", "select_by") # GeorgeSettings fields the identification does not read
@@ -349,7 +329,11 @@ def run_george(cfg: RunConfig, # the cell's config
     flagged = np.isin(moved, smallest)
     result = dro_stage(cfg, cell.data, seed, moved, val_clusters)
     by_cluster = (cfg.george or GeorgeSettings()).select_by == "val_cluster_wga"
-    return {**accuracy_metrics(result, cfg.row.data), **identification_factors(flagged, train, cell.poisoned, cell.roles),
+    factors = identification_factors(flagged, train, cell.poisoned, cell.roles)
+    factors["idnf_lrg2"] = float("nan")  # the paper does not consider LRG-2 for GEORGE (per-class clusters): N/A
+    lrg1_class = cell.roles["LRG-1"][0] // 2
+    return {**accuracy_metrics(result, cfg.row.data, cell.train_counts), **factors,
             "n_flagged": int(flagged.sum()), "n_clusters": int(len(np.unique(moved))),
-            "val_cluster_wga": 100 * result.history[result.best_epoch - 1]["val_wga"] if by_cluster else float("nan"),
+            "smallest_in_lrg1_class": float(all(cluster_classes(clusters, train.labels)[c] == lrg1_class for c in smallest)),
+            "val_cluster_wga": 100 * result.history[result.best_epoch - 1]["val_select_wga"] if by_cluster else float("nan"),
             **attack_results(cfg, seed, stages, cell, result.state, lambda d: train_george(cfg, d, seed))}

@@ -16,7 +16,7 @@ import jax, jax.numpy as jnp
 import optax
 import flax.linen as nn
 from jax.flatten_util import ravel_pytree
-from .core import OilwaterError, GroupDataset, images_to_float
+from .core import OilwaterError, GroupDataset, images_to_float, SPLIT_IDS
 from .models import IMAGENET_MEAN, IMAGENET_STD
 from .train import TrainConfig, TrainState, fit
 from .per_example import per_example_grads
@@ -24,10 +24,18 @@ from .poisons import (PoisonedData, TargetedTest, attack_roles, poison_count, wi
                                   targeted_asr)
 
 # %% auto #0
-__all__ = ['GMConfig', 'step_size', 'translate_flip', 'augment', 'flat_grad', 'matching_loss', 'project', 'brew_restart', 'Brew',
-           'brew', 'gm_samples', 'craft_gm', 'assemble_gm', 'make_gm', 'poison_alignment', 'show_perturbations']
+__all__ = ['VICTIM_EPOCHS', 'VICTIM_LR_DROPS', 'victim_lr_drops', 'GMConfig', 'step_size', 'translate_flip', 'augment',
+           'flat_grad', 'matching_loss', 'project', 'brew_restart', 'Brew', 'brew', 'gm_samples', 'craft_gm',
+           'assemble_gm', 'make_gm', 'poison_alignment', 'show_perturbations']
 
 # %% ../nbs/12_gradient_matching.ipynb #cc32a28f
+VICTIM_EPOCHS, VICTIM_LR_DROPS = 40, (14, 25, 35) # the reference victim: 40 epochs, MultiStepLR ×0.1 at 14, 25, 35
+
+def victim_lr_drops(epochs: int, # epochs of the crafting model
+                   ) -> tuple[int, ...]:
+    "The reference victim's learning-rate drops scaled to `epochs` (rounded half up, repeats merged, the last epoch's dropped)."
+    return tuple(sorted({m for m in (int(np.floor(d * epochs / VICTIM_EPOCHS + 0.5)) for d in VICTIM_LR_DROPS) if 1 <= m < epochs}))
+
 @dataclass(frozen=True)
 class GMConfig:
     "Witches' Brew settings: the reference's defaults and the paper's threat model (Section 2.2, Appendix A.1)."
@@ -46,7 +54,8 @@ class GMConfig:
     vmap_restarts: bool = False # run all restarts in one vmapped computation (more memory, one compile)
     input_mean: tuple = IMAGENET_MEAN # the models' input normalisation: the translation's fill colour ...
     input_std: tuple = IMAGENET_STD # ... and the unit of `lr` and of the random start
-    craft: TrainConfig = TrainConfig(epochs=40, learning_rate=0.1, weight_decay=5e-4, nesterov=True) # the clean model crafted on (reference victim)
+    craft: TrainConfig = TrainConfig(epochs=VICTIM_EPOCHS, learning_rate=0.1, weight_decay=5e-4, nesterov=True, select_by="last",
+                                     lr_drops=VICTIM_LR_DROPS) # the clean model crafted on (the reference victim, its step schedule)
 
     def __post_init__(self):
         poison_count(self.poison_fraction, 100)
@@ -57,7 +66,7 @@ class GMConfig:
     @classmethod
     def smoke(cls, **kw) -> "GMConfig":
         "Seconds, not hours: 2 restarts of 8 steps, a two-epoch clean model."
-        return cls(**{"restarts": 2, "steps": 8, "poison_fraction": 0.05, "n_targets": 2, "craft": TrainConfig.smoke(), **kw})
+        return cls(**{"restarts": 2, "steps": 8, "poison_fraction": 0.05, "n_targets": 2, "craft": TrainConfig.smoke(lr_drops=victim_lr_drops(2)), **kw})
 
     def milestones(self) -> tuple[int, ...]:
         "Steps at which the step size drops ×0.1 (reference: `attackiter // 2.667`, `// 1.6`, `// 1.142`)."
@@ -252,6 +261,9 @@ def assemble_gm(data: GroupDataset, # the clean data set the poisons were crafte
         raise OilwaterError(f"GM: crafted arrays do not fit data set {data.name!r} ({len(train)} train, {len(test)} test, "
                             f"images {data.image_shape}); were they crafted on another one?")
     new, is_p, src, bg = with_poisons(data, poisons, train.labels[bidx], bidx, replace_sources=cfg.replace_bases)
+    keep = np.ones(len(new), bool)
+    keep[np.flatnonzero(new.splits == SPLIT_IDS["test"])[tidx]] = False  # the targets leave the test set (reference)
+    new = new.subset(keep)
     tt = TargetedTest(test_index=tidx, images=test.images[tidx], labels=test.labels[tidx],
                       sample_ids=test.sample_ids[tidx], intended_class=r.target_class)
     best = int(crafted["best"])

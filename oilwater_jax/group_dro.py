@@ -7,24 +7,21 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/group_dro.html.md"""
 
 # %% ../nbs/21_group_dro.ipynb #9bed4be5
 from __future__ import annotations
-import dataclasses, time
 from typing import NamedTuple
 import numpy as np
 import jax, jax.numpy as jnp
 import optax
 import flax.linen as nn
-from tqdm.auto import tqdm
 from .core import OilwaterError, GroupDataset, images_to_float
 from .experiments import RunConfig
-from .train import (TrainConfig, TrainState, FitResult, create_train_state, resolve_model, per_example_loss,
-                                epoch_batches, evaluate)
+from .train import TrainConfig, TrainState, FitResult, Stepper, fit, per_example_loss
 from .runner import register_method
 from .cells import cell_data, accuracy_metrics, attack_results
 from . import pipeline
 
 # %% auto #0
 __all__ = ['DRO_STEP_SIZE', 'DROState', 'dro_init', 'dro_update', 'robust_loss', 'group_mean_losses', 'size_adjustment',
-           'dro_train_step', 'fit_group_dro', 'train_group_dro', 'run_group_dro']
+           'dro_train_step', 'dro_stepper', 'fit_group_dro', 'train_group_dro', 'run_group_dro']
 
 # %% ../nbs/21_group_dro.ipynb #5305de29
 DRO_STEP_SIZE = 0.01 # η of group DRO and GEORGE (both reference implementations)
@@ -102,9 +99,24 @@ def dro_train_step(state: TrainState, # model and optimiser state
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                               batch_stats=updates["batch_stats"], opt_state=opt_state)
     return new_state, new_dro, {"loss": loss, "group_losses": group_losses, "group_counts": counts,
-                                "correct": jnp.argmax(logits, -1) == y}
+                                "losses": per_example_loss(logits, y), "correct": jnp.argmax(logits, -1) == y}
 
 # %% ../nbs/21_group_dro.ipynb #22866229
+def dro_stepper(groups: np.ndarray, # int [n_train], the (true or estimated) group of every training sample
+                eta: float = DRO_STEP_SIZE, # step size η of the group weights
+                adjustment: float = 0.0, # generalisation adjustment C (added as C/sqrt(n_g) in the q update)
+               ) -> Stepper:
+    "`train.fit`'s step for group DRO over `groups`: the weights q are its extra state, logged each epoch."
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or not np.issubdtype(groups.dtype, np.integer) or (len(groups) and groups.min() < 0):
+        raise OilwaterError(f"dro_stepper: groups must be non-negative integers [n_train], got {groups.dtype} {groups.shape}.")
+    if eta < 0: raise OilwaterError(f"dro_stepper: eta must be >= 0, got {eta}.")
+    counts = np.bincount(groups)
+    gdev, adj = jax.device_put(groups.astype(np.int32)), jnp.asarray(size_adjustment(counts, adjustment))
+    def step(state, dro_state, images, labels, index, weights):
+        return dro_train_step(state, dro_state, images, labels, gdev, index, weights, eta, adj)
+    return Stepper(init=lambda: dro_init(len(counts)), step=step, log=lambda d: {"q": np.asarray(d.q).tolist()})
+
 def fit_group_dro(cfg: TrainConfig, # hyperparameters (use `sampler="group_balanced"` as the reference does)
                   data: GroupDataset, # all splits; training uses 'train', selection 'val', reporting 'test'
                   key: jax.Array, # the run's key
@@ -114,45 +126,16 @@ def fit_group_dro(cfg: TrainConfig, # hyperparameters (use `sampler="group_balan
                   model: nn.Module | None = None, # overrides `cfg.model`
                   state: TrainState | None = None, # start from this state (e.g. pretrained) instead of a fresh one
                   progress: bool = True, # show a progress bar over epochs
+                  select_groups: np.ndarray | None = None, # int [n_val]: select by the worst of these validation groups
+                  train_group_counts: np.ndarray | None = None, # group sizes weighting the adjusted ACC (clean counts)
                  ) -> FitResult:
-    "Train with group DRO over `groups`, select the epoch by the validation metric, evaluate on test."
-    t0 = time.perf_counter()
-    train, val, test = data.split("train"), data.split("val"), data.split("test")
-    n = len(train)
-    if n == 0: raise OilwaterError(f"{data.name}: the training split is empty.")
-    groups = train.group_ids if groups is None else np.asarray(groups)
-    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+    "`train.fit` with the group DRO step over `groups` (sampled by them); `FitResult.aux` holds the final weights."
+    n = len(data.split("train"))
+    groups = data.split("train").group_ids if groups is None else np.asarray(groups)
+    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or (n and groups.min() < 0):
         raise OilwaterError(f"fit_group_dro: groups must be non-negative integers of shape ({n},), got {groups.dtype} {groups.shape}.")
-    if eta < 0: raise OilwaterError(f"fit_group_dro: eta must be >= 0, got {eta}.")
-    counts = np.bincount(groups)
-    adj = jnp.asarray(size_adjustment(counts, adjustment))
-    model = model if model is not None else resolve_model(cfg.model, data.n_classes)
-    init_key, order_key = jax.random.split(key)
-    if state is None: state = create_train_state(init_key, model, data.image_shape, cfg)
-    dro_state = dro_init(len(counts))
-    images, labels = jax.device_put(train.images), jax.device_put(train.labels.astype(np.int32))
-    gdev, train_counts = jax.device_put(groups.astype(np.int32)), train.group_counts()
-    best, history = None, []
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc="group DRO", disable=not progress, leave=False):
-        te = time.perf_counter()
-        batches, pad_w = epoch_batches(jax.random.fold_in(order_key, epoch), np.arange(n), groups, cfg.batch_size, cfg.sampler)
-        losses = []
-        for idx, w in zip(batches, pad_w):
-            state, dro_state, m = dro_train_step(state, dro_state, images, labels, gdev, jnp.asarray(idx), jnp.asarray(w),
-                                                 eta, adj)
-            losses.append(m["loss"])
-        row = {"epoch": epoch, "train_loss": float(np.mean(jax.device_get(losses))), "q": np.asarray(dro_state.q).tolist()}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            vm = evaluate(state, val, train_counts, cfg.eval_batch_size)
-            row.update(vm.as_dict("val_"))
-            score = {"val_wga": vm.wga, "val_acc": vm.acc, "last": epoch}[cfg.select_by]
-            if best is None or score >= best[0]: best = (score, epoch, state, vm)
-        row["seconds"] = time.perf_counter() - te
-        history.append(row)
-    _, best_epoch, best_state, best_val = best
-    return FitResult(state=best_state, best_epoch=best_epoch, val=best_val,
-                     test=evaluate(best_state, test, train_counts, cfg.eval_batch_size), history=history,
-                     seconds=time.perf_counter() - t0)
+    return fit(cfg, data, key, model=model, state=state, progress=progress, stepper=dro_stepper(groups, eta, adjustment),
+               train_groups=groups, select_groups=select_groups, train_group_counts=train_group_counts)
 
 # %% ../nbs/21_group_dro.ipynb #0709ff6d
 def train_group_dro(cfg: RunConfig, # the cell's config (stage "train")
@@ -174,5 +157,5 @@ def run_group_dro(cfg: RunConfig, # the cell's config
     "A `group_dro` cell: ACC, WGA (and ASR under attack) in percent."
     cell = cell_data(cfg, seed, stages)
     result = train_group_dro(cfg, cell.data, seed)
-    return {**accuracy_metrics(result, cfg.row.data),
+    return {**accuracy_metrics(result, cfg.row.data, cell.train_counts),
             **attack_results(cfg, seed, stages, cell, result.state, lambda d: train_group_dro(cfg, d, seed).state)}

@@ -135,7 +135,7 @@ def run_jtt(cfg: RunConfig, # the cell's config
     is_poison = None if cell.poisoned is None else cell.poisoned.is_poison
     amplified = intervene(flagged, is_poison, cfg.row.case)
     result = final_stage(cfg, cell.data, seed, amplified)
-    return {**accuracy_metrics(result, cfg.row.data),
+    return {**accuracy_metrics(result, cfg.row.data, cell.train_counts),
             **identification_factors(amplified, cell.data.split("train"), cell.poisoned, cell.roles),
             "n_flagged": int(amplified.sum()),
             **attack_results(cfg, seed, stages, cell, result.state, lambda d: train_jtt(cfg, d, seed))}

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 # %% auto #0
-__all__ = ['identification_factor', 'elimination_factor', 'WATERBIRDS_ROLES', 'CELEBA_ROLES', 'group_accuracy',
-           'worst_group_accuracy', 'GroupMetrics', 'group_metrics', 'selection_factor', 'factors_by_role']
+__all__ = ['identification_factor', 'elimination_factor', 'WATERBIRDS_ROLES', 'CELEBA_ROLES', 'DEFINITIONS_VERSION',
+           'group_accuracy', 'worst_group_accuracy', 'GroupMetrics', 'adjusted_accuracy', 'group_metrics',
+           'selection_factor', 'factors_by_role']
 
 # %% ../nbs/05_metrics.ipynb #854c47be
 def group_accuracy(predictions: np.ndarray, # int [n], predicted classes
@@ -47,6 +48,15 @@ class GroupMetrics:
         out.update({f"{prefix}acc_group{g}": float(a) for g, a in enumerate(self.group_acc)})
         return out
 
+def adjusted_accuracy(group_acc, # float [G], accuracy per group (NaN: empty in this split)
+                      train_group_counts, # int [G], training group sizes (the clean training split's)
+                     ) -> float:
+    "Per-group accuracy weighted by training group sizes, over the groups present in the split."
+    acc, w = np.asarray(group_acc, np.float64), np.asarray(train_group_counts, np.float64)
+    if acc.shape != w.shape: raise ValueError(f"adjusted_accuracy: {acc.shape[0]} group accuracies but {w.shape[0]} counts.")
+    present = ~np.isnan(acc)
+    return float(np.sum(w[present] * acc[present]) / np.sum(w[present]))
+
 def group_metrics(predictions: np.ndarray, # int [n], predicted classes
                   labels: np.ndarray, # int [n], true classes
                   group_ids: np.ndarray, # int [n], group of each sample
@@ -56,9 +66,7 @@ def group_metrics(predictions: np.ndarray, # int [n], predicted classes
     "ACC, adjusted ACC, WGA and per-group accuracy of `predictions`."
     acc_g = group_accuracy(predictions, labels, group_ids, n_groups)
     counts = np.bincount(group_ids, minlength=n_groups)
-    weights = np.asarray(counts if train_group_counts is None else train_group_counts, np.float64)
-    present = ~np.isnan(acc_g)
-    adjusted = float(np.sum(weights[present] * acc_g[present]) / np.sum(weights[present]))
+    adjusted = adjusted_accuracy(acc_g, counts if train_group_counts is None else train_group_counts)
     return GroupMetrics(acc=float(np.mean(np.asarray(predictions) == np.asarray(labels))), adjusted_acc=adjusted,
                         wga=worst_group_accuracy(acc_g), group_acc=tuple(float(a) for a in acc_g),
                         group_counts=tuple(int(c) for c in counts))
@@ -76,14 +84,15 @@ elimination_factor = selection_factor
 
 # %% ../nbs/05_metrics.ipynb #c10c7b38
 WATERBIRDS_ROLES = {"LRG-1": (2,), "LRG-2": (1,), "HRG": (0, 3)}
-CELEBA_ROLES = {"LRG-1": (3,), "LRG-2": (2,), "HRG": (0, 1)}
+CELEBA_ROLES = {"LRG-1": (3,), "HRG": (0, 1, 2)} # Section 2.2: blond women are HRG; no LRG-2 on CelebA
+DEFINITIONS_VERSION = 2 # bumped when a reported metric's definition changes (2: issue 11); stored in every cell
 
 def factors_by_role(selected: np.ndarray, # bool [n], flagged or eliminated training samples
                     group_ids: np.ndarray, # int [n], true group of each sample (poisons: the group of their base)
                     is_poison: np.ndarray | None = None, # bool [n], poison provenance (None: no poisons)
                     roles: dict = WATERBIRDS_ROLES, # role name -> group ids
                    ) -> dict:
-    "IDNF/ELMF for poisons and each role (LRG-1, LRG-2, HRG); poisons are excluded from the clean roles."
+    "IDNF/ELMF for poisons and each role of `roles` (LRG-1, LRG-2 if any, HRG); poisons are excluded from the clean roles."
     clean = np.ones(len(selected), bool) if is_poison is None else ~np.asarray(is_poison, bool)
     out = {} if is_poison is None else {"poisons": selection_factor(selected, is_poison)}
     for role, gs in roles.items():

@@ -14,6 +14,7 @@ import numpy as np
 from .core import OilwaterError, GroupDataset, SPLITS, cache_dir
 from .data import load_dataset
 from .experiments import RunConfig, make_row, get_preset
+from .metrics import adjusted_accuracy
 from .train import TrainConfig, TrainState, FitResult, create_train_state
 
 # %% auto #0
@@ -98,11 +99,13 @@ ADJUSTED_ACC_DATA = ("waterbirds",) # row data whose ACC is the training-proport
 
 def percent_metrics(result: FitResult, # a finished training run
                     data: str, # the row's data ("waterbirds" or "celeba")
+                    train_counts: np.ndarray | None = None, # clean training group sizes for the adjusted ACC; None: the run's own
                    ) -> dict:
     "Test ACC (per the data set's convention), WGA, both averages, per-group accuracy, validation WGA and the epoch, in percent."
     t = result.test
-    out = {"acc": 100 * (t.adjusted_acc if data in ADJUSTED_ACC_DATA else t.acc), "wga": 100 * t.wga,
-           "adjusted_acc": 100 * t.adjusted_acc, "plain_acc": 100 * t.acc, "val_wga": 100 * result.val.wga,
+    adjusted = t.adjusted_acc if train_counts is None else adjusted_accuracy(t.group_acc, train_counts)
+    out = {"acc": 100 * (adjusted if data in ADJUSTED_ACC_DATA else t.acc), "wga": 100 * t.wga,
+           "adjusted_acc": 100 * adjusted, "plain_acc": 100 * t.acc, "val_wga": 100 * result.val.wga,
            "best_epoch": result.best_epoch}
     out.update({f"acc_group{g}": 100 * float(a) for g, a in enumerate(t.group_acc)})
     return out

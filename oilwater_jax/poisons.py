@@ -80,7 +80,7 @@ class SubpopulationTarget:
 @dataclass(frozen=True)
 class TargetedTest:
     "GM's targets: test images the attack wants classified as the intended class."
-    test_index: np.ndarray # int [t], positions in `data.split('test')`
+    test_index: np.ndarray # int [t], positions in the *clean* data's test split (GM removes the targets from the poisoned one)
     images: np.ndarray # uint8 [t, h, w, c]
     labels: np.ndarray # int32 [t], true labels
     sample_ids: np.ndarray # int64 [t]

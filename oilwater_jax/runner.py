@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import oilwater_jax
 from .core import OilwaterError, atomic_write_bytes, atomic_write_json, check_choice, config_hash, to_json
+from .metrics import DEFINITIONS_VERSION
 from .experiments import (ALL_TABLE_IDS, PAPER_TABLE_IDS, TABLES, RowConfig, RunConfig, Table, declared_cell_seconds,
                                       default_seeds, format_seconds, get_preset, get_table)
 
@@ -218,6 +219,7 @@ def make_record(cfg: RunConfig, seed: int, metrics: dict | None, error: BaseExce
     rec = {"schema": SCHEMA_VERSION, "key": cell_key(cfg, seed), "status": "ok" if error is None else "failed",
            "preset": cfg.preset, "method": cfg.row.method, "seed": int(seed), "config": cfg,
            "metrics": {str(k): _clean_value(str(k), v) for k, v in (metrics or {}).items()},
+           "definitions": DEFINITIONS_VERSION,
            "error": None if error is None else {"type": type(error).__name__, "message": str(error),
                      "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__))},
            "provenance": {**provenance(), "wall_seconds": round(float(wall_seconds), 3), "started": started, "finished": _now(),
@@ -236,6 +238,8 @@ def validate_record(rec: Any, # a parsed cell file
         if k not in rec: bad(f"missing field {k!r}")
         if not isinstance(rec[k], t) or (t is int and isinstance(rec[k], bool)): bad(f"field {k!r} is {type(rec[k]).__name__}, expected {t.__name__}")
     if rec["schema"] != SCHEMA_VERSION: bad(f"schema version {rec['schema']}, expected {SCHEMA_VERSION}")
+    d = rec.get("definitions", 1)  # absent: a cell from before the field existed (definitions 1)
+    if not isinstance(d, int) or isinstance(d, bool) or d < 1: bad(f"field 'definitions' is {d!r}, expected a positive integer")
     if rec["status"] not in ("ok", "failed"): bad(f"status {rec['status']!r}")
     for k, t in _PROVENANCE_TYPES.items():
         if not isinstance(rec["provenance"].get(k), t): bad(f"provenance.{k} is missing or of the wrong type")
@@ -284,7 +288,7 @@ class PlannedCell:
     path: Path # its cell file
     rows: list # [(table id, row label)] that show this cell
     needed: tuple # metric names the tables need from it
-    status: str # "done", "missing", "failed", "corrupt" or "not implemented"
+    status: str # "done", "missing", "failed", "corrupt", "outdated" or "not implemented"
     estimate: float # expected wall seconds if it runs
 
 @dataclass
@@ -320,8 +324,8 @@ class RunReport:
         if missing: lines.append(f"  not implemented (skipped): {', '.join(missing)}")
         return "\n".join(lines)
 
-STATUSES = ("done", "missing", "failed", "corrupt", "not implemented")
-RUNNABLE = ("missing", "failed", "corrupt")
+STATUSES = ("done", "missing", "failed", "corrupt", "outdated", "not implemented")
+RUNNABLE = ("missing", "failed", "corrupt", "outdated")
 
 def resolve_tables(tables: Sequence[str | Table] | str) -> list[Table]:
     "Table objects from ids ('all' = the package's baseline and the paper's tables and figure), with a clear error for an unknown id."
@@ -383,6 +387,7 @@ def _status(path: Path, method: str, retry_failed: bool) -> str:
     if not path.exists(): return "missing"
     try: rec = read_record(path)
     except CorruptResultsFile: return "corrupt"
+    if rec["status"] == "ok" and rec.get("definitions", 1) < DEFINITIONS_VERSION: return "outdated"
     return "done" if rec["status"] == "ok" or not retry_failed else "failed"
 
 

@@ -7,22 +7,25 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/tables.html.md"""
 
 # %% ../nbs/52_tables.ipynb #00dd0fab
 from __future__ import annotations
-import html, math, sys
+import dataclasses, html, math, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 import numpy as np
-from .core import OilwaterError, atomic_write_bytes, check_choice
+from .core import OilwaterError, atomic_write_bytes, check_choice, config_hash
 from .experiments import (METRICS, ALL_TABLE_IDS, PAPER_TABLE_IDS, PRESETS, SCALING_NOTES, TABLES, Row, Table, claim_lookup,
                                       default_seeds, get_preset, scaling_summary)
 from .runner import (config_key, is_implemented, load_methods, load_plugins, load_records,
                                  reproduce, resolve_tables)
 from .runner import CorruptResultsFile, cell_key, iter_cell_files, read_record
+from .metrics import DEFINITIONS_VERSION
 
 # %% auto #0
-__all__ = ['CLAIM_MARKS', 'UNCHECKED_PRESETS', 'SMOKE_BANNER', 'SERIES_STYLE', 'Results', 'RowSummary', 'summarize_row',
-           'format_mean_std', 'format_paper', 'claim_marks', 'table_rows', 'render_markdown', 'render_html',
-           'plot_figure1', 'render_page', 'write_tables_page', 'missing_inputs', 'reproduce_command', 'tables_command']
+__all__ = ['CLAIM_MARKS', 'UNCHECKED_PRESETS', 'SMOKE_BANNER', 'ACC_SHOWN', 'ACC_NOTE', 'OUTDATED_NOTE', 'KNOWN_REASONS',
+           'SERIES_STYLE', 'Results', 'RowSummary', 'summarize_row', 'format_mean_std', 'format_paper', 'claim_marks',
+           'ClaimCheck', 'claim_checks', 'table_rows', 'table_footnotes', 'render_markdown', 'render_html',
+           'claim_counts', 'claims_summary', 'plot_figure1', 'render_page', 'write_tables_page', 'missing_inputs',
+           'reproduce_command', 'tables_command']
 
 # %% ../nbs/52_tables.ipynb #d3f3521b
 class Results:
@@ -71,6 +74,7 @@ class RowSummary:
     std: dict = field(default_factory=dict) # metric -> number, curve or None
     errors: list = field(default_factory=list) # messages of failed seeds
     n_corrupt: int = 0 # seeds whose cell file is corrupt (shown, not used)
+    n_outdated: int = 0 # finished seeds computed under older metric definitions (`metrics.DEFINITIONS_VERSION`)
 
     @property
     def has_numbers(self) -> bool: return self.status in ("ok", "partial")
@@ -117,7 +121,8 @@ def summarize_row(row: Row, # a table row
     mean, std = {}, {}
     for m in metrics: mean[m], std[m] = _agg([c["metrics"].get(m) for c in ok])
     status = "ok" if len(ok) >= expected and not failed and not n_corrupt else "partial"
-    return RowSummary(status, len(ok), len(failed), expected, mean, std, errors, n_corrupt)
+    outdated = sum(1 for c in ok if c.get("definitions", 1) < DEFINITIONS_VERSION)
+    return RowSummary(status, len(ok), len(failed), expected, mean, std, errors, n_corrupt, outdated)
 
 # %% ../nbs/52_tables.ipynb #cd2eb463
 def format_mean_std(mean, std, metric: str) -> str:
@@ -149,6 +154,60 @@ def claim_marks(table: Table, summaries: dict) -> dict:
         out[id(r)] = [c.check(look) for c in r.claims]
     return out
 
+@dataclass(frozen=True)
+class ClaimCheck:
+    "One claim of one row, checked on our means over seeds and on each seed's own numbers."
+    holds: bool | None # on the means (None: not enough numbers, or not testable on this preset)
+    seeds_holding: int = 0 # seeds on whose own numbers the claim holds
+    seeds_checked: int = 0 # seeds with the numbers to check it
+    same_run: bool = False # it compares rows that this preset runs as one and the same run: not a test
+
+    @property
+    def mark(self) -> str:
+        "'✓', '✗' or '?'; with 'k of n seeds' when the seeds disagree among themselves or with the mean."
+        if self.same_run: return "? (same run)"
+        m, k, n = CLAIM_MARKS[self.holds], self.seeds_holding, self.seeds_checked
+        split = 0 < k < n or (self.holds is not None and n > 0 and (k == n) != self.holds)
+        return f"{m} ({k} of {n} seeds)" if split else m
+
+def _run_key(row: Row, preset: str) -> str | None:
+    "What a row computes under `preset`: its config, with `row.pretrained` read only through the preset's `init`."
+    try: d = dataclasses.asdict(get_preset(preset)(row.config))
+    except OilwaterError: return None
+    d["row"]["pretrained"] = None  # the flag acts through `init` alone (a cpu preset without weights: "scratch" for both)
+    return config_hash(d)
+
+def claim_checks(table: Table, # a table
+                 summaries: dict, # id(row) -> `RowSummary` (means over seeds)
+                 results: Results, # the cell records (for the per-seed checks)
+                 preset: str, # preset name
+                 seeds: Sequence[int] | None = None, # restrict to these seeds
+                ) -> dict:
+    "For each row (by id), a `ClaimCheck` per claim: on the means, seed by seed, and whether it compares one run with itself."
+    keys = {id(r): _run_key(r, preset) for r in table.rows}
+    cells = {id(r): {s: c for s, c in results.cells(r, preset).items()
+                     if c["status"] == "ok" and (seeds is None or s in set(seeds))} for r in table.rows}
+    def on_means(touched):
+        def values(rr, m):
+            touched.append(rr)
+            s = summaries.get(id(rr))
+            return s.mean.get(m) if s is not None and s.has_numbers else None
+        return values
+    def on_seed(seed):
+        return lambda rr, m: (cells[id(rr)].get(seed) or {}).get("metrics", {}).get(m)
+    out = {}
+    for r in table.rows:
+        checks = []
+        for c in r.claims:
+            touched = []
+            holds = c.check(claim_lookup(table, r, on_means(touched)))
+            same = any(rr is not r and keys[id(r)] is not None and keys[id(rr)] == keys[id(r)] for rr in touched)
+            per_seed = [c.check(claim_lookup(table, r, on_seed(s))) for s in sorted(cells[id(r)])]
+            checked = [v for v in per_seed if v is not None]
+            checks.append(ClaimCheck(None if same else holds, sum(map(bool, checked)), len(checked), same))
+        out[id(r)] = checks
+    return out
+
 def _claim_numbers(table: Table) -> dict:
     nums = {}
     for r in table.rows:
@@ -159,6 +218,13 @@ def _claim_numbers(table: Table) -> dict:
 UNCHECKED_PRESETS = ("smoke",) # presets whose numbers only check the pipeline: claims are not applicable
 SMOKE_BANNER = ("Smoke preset: a pipeline check on a few hundred images and a few short epochs. These numbers are not "
                 "results and the paper's claims are not checked on them (n/a); run --preset cpu for the reproduction.")
+ACC_SHOWN = {"waterbirds": ("adjusted", "plain_acc", "plain ACC"), "celeba": ("plain", "adjusted_acc", "adjusted ACC")}
+ACC_NOTE = ("ACC*: Waterbirds rows show the test accuracy with each group weighted by its share of the clean training "
+            "set (the literature's average accuracy, `adjusted_acc`); CelebA rows show the accuracy over the entire test "
+            "set (the paper's definition, Section 2.3, `plain_acc`). The Details column gives the other one.")
+OUTDATED_NOTE = ("(old definitions): computed before the metric definitions of `metrics.DEFINITIONS_VERSION` "
+                 f"{DEFINITIONS_VERSION} (clean-count ACC weights, CelebA's HRG, GEORGE's smallest cluster and checkpoints, "
+                 "GM's test set and crafting schedule, earlier-epoch ties); `oilwater reproduce` reruns such cells.")
 
 def table_rows(table: Table, # a table
                results: Results, # indexed cell records
@@ -166,26 +232,53 @@ def table_rows(table: Table, # a table
                seeds: Sequence[int] | None = None, # restrict to these seeds
               ) -> tuple[list[str], list[list[str]], list[str]]:
     "Header, body cells and claim notes of a rendered table."
-    summaries = {id(r): summarize_row(r, table.metrics, results, preset, seeds) for r in table.rows}
-    marks, nums = claim_marks(table, summaries), _claim_numbers(table)
+    has_acc = "acc" in table.metrics
+    metrics = tuple(table.metrics) + (("plain_acc", "adjusted_acc") if has_acc else ())
+    summaries = {id(r): summarize_row(r, metrics, results, preset, seeds) for r in table.rows}
+    checks, nums = claim_checks(table, summaries, results, preset, seeds), _claim_numbers(table)
+    keys = {id(r): _run_key(r, preset) for r in table.rows}
     unit = lambda m: f" ({METRICS[m].unit})" if METRICS[m].unit else ""
     header = [c or "Row" for c in table.label_columns]
-    for m in table.metrics: header += [f"{METRICS[m].label}{unit(m)} ours", f"{METRICS[m].label} paper"]
-    header += ["Seeds", "Claims"]
+    for m in table.metrics:
+        label = METRICS[m].label + ("*" if m == "acc" else "")
+        header += [f"{label}{unit(m)} ours", f"{METRICS[m].label} paper"]
+    header += (["Details"] if has_acc else []) + ["Seeds", "Claims"]
     body = []
-    for r in table.rows:
+    for k, r in enumerate(table.rows):
         s = summaries[id(r)]
         cells = list(r.label)
         for m in table.metrics:
             ours = format_mean_std(s.mean.get(m), s.std.get(m), m) if s.has_numbers else s.status
             cells += [ours, format_paper(r, m, table.kind)]
-        cells.append(f"{s.n_ok}/{s.n_expected}" + (f" ({s.n_failed} failed)" if s.n_failed else "")
-                     + (f" ({s.n_corrupt} corrupt)" if s.n_corrupt else ""))
+        if has_acc:
+            _, other, name = ACC_SHOWN.get(r.config.data, ACC_SHOWN["celeba"])
+            cells.append(f"{name} {format_mean_std(s.mean.get(other), s.std.get(other), 'acc')}" if s.has_numbers else "")
+        seeds_cell = f"{s.n_ok}/{s.n_expected}" + (f" ({s.n_failed} failed)" if s.n_failed else "")
+        if s.n_corrupt: seeds_cell += f" ({s.n_corrupt} corrupt)"
+        if s.n_outdated: seeds_cell += " (old definitions)"
+        twin = next((p for p in table.rows[:k] if keys[id(r)] is not None and keys[id(p)] == keys[id(r)]), None)
+        if twin is not None: seeds_cell += f" (same run as {' / '.join(map(str, twin.label))})"
+        cells.append(seeds_cell)
         if preset in UNCHECKED_PRESETS: cells.append("n/a" if r.claims else "")
-        else: cells.append(" ".join(f"{nums[id(c)][0]}{CLAIM_MARKS[v]}" for c, v in zip(r.claims, marks[id(r)])))
+        else: cells.append(" ".join(f"{nums[id(c)][0]}{ch.mark}" for c, ch in zip(r.claims, checks[id(r)])))
         body.append(cells)
     notes = [f"{n}. {c.describe()}: {c.statement}" for n, c in nums.values()]
     return header, body, notes
+
+def table_footnotes(table: Table, # a table
+                    results: Results, # indexed cell records
+                    preset: str, # preset name
+                    seeds: Sequence[int] | None = None, # restrict to these seeds
+                   ) -> list[str]:
+    "What the table's marks mean: the ACC shown, old-definition cells, rows that are one run on this preset."
+    out = [ACC_NOTE] if "acc" in table.metrics else []
+    if any(summarize_row(r, (), results, preset, seeds).n_outdated for r in table.rows): out.append(OUTDATED_NOTE)
+    keys = [_run_key(r, preset) for r in table.rows]
+    if len({k for k in keys if k is not None}) < sum(k is not None for k in keys):
+        out.append(f"(same run as ...): the `{preset}` preset maps this row and the one named to the same configuration "
+                   "(e.g. it has no pretrained weights), so they show one run twice, and a claim comparing them is not "
+                   "tested ('? (same run)').")
+    return out
 
 def _md_cell(x: str) -> str: return str(x).replace("|", "\\|").replace("\n", " ")
 
@@ -200,8 +293,10 @@ def render_markdown(table: Table, # a table
     lines += ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in body]
     legend = ("not checked on the smoke preset (n/a)" if preset in UNCHECKED_PRESETS else
-              "✓ holds on our numbers, ✗ does not, ? not enough numbers")
+              "✓ holds on our numbers, ✗ does not, ? not enough numbers; \"k of n seeds\" when the seeds disagree")
     if notes: lines += ["", f"Claims ({legend}):", ""] + [f"{n}" for n in notes]
+    foot = table_footnotes(table, results, preset, seeds)
+    if foot: lines += [""] + [f"- {f}" for f in foot]
     return "\n".join(lines)
 
 def render_html(table: Table, # a table
@@ -224,6 +319,58 @@ def render_html(table: Table, # a table
 
 def _css(cell: str) -> str:
     return {"not implemented": "not-implemented", "not run": "not-run", "failed": "failed", "corrupt": "corrupt"}.get(cell, "value")
+
+# %% ../nbs/52_tables.ipynb #7a25fdbf
+KNOWN_REASONS = {
+    ("baseline", "WGA − WGA[None, id_epochs=None, method=erm, upsample_factor=None] > 5"):
+        "the Waterbirds-like cpu preset's smallest group has 14 training images, too few for JTT's copies to generalise "
+        "(22_jtt: on the full embedded set JTT does raise WGA)",
+    ("table6", "ASR − ASR[poison_fraction=0.01] > 10"):
+        "the cpu preset's backdoor already succeeds at 1% on its small from-scratch model, so the trend is compressed "
+        "(tutorial 02)",
+} # (table id, claim's describe()) -> why it fails on the cpu preset, where we know
+
+def claim_counts(results: Results, # indexed cell records
+                 preset: str, # preset name
+                 tables: Sequence[str | Table] | None = None, # default: every table of the paper
+                 seeds: Sequence[int] | None = None, # restrict to these seeds
+                ) -> dict:
+    "table id -> {'✓': n, '✗': n, '?': n, 'failed': [(row label, claim number, claim, mark), ...]}."
+    out = {}
+    for t in resolve_tables(list(ALL_TABLE_IDS) if tables is None else tables):
+        if not any(r.claims for r in t.rows): continue
+        summaries = {id(r): summarize_row(r, t.metrics, results, preset, seeds) for r in t.rows}
+        checks, nums = claim_checks(t, summaries, results, preset, seeds), _claim_numbers(t)
+        counts = {"✓": 0, "✗": 0, "?": 0, "failed": []}
+        for r in t.rows:
+            for c, ch in zip(r.claims, checks[id(r)]):
+                counts[CLAIM_MARKS[ch.holds]] += 1
+                if ch.holds is False: counts["failed"].append((" / ".join(map(str, r.label)), nums[id(c)][0], c, ch.mark))
+        out[t.id] = counts
+    return out
+
+def claims_summary(results: Results, # indexed cell records
+                   preset: str = "cpu", # preset name
+                   tables: Sequence[str | Table] | None = None, # default: every table of the paper
+                  ) -> str:
+    "Markdown: the claim marks per table, totals, old-definition warning, and each failing claim with its reason."
+    counts = claim_counts(results, preset, tables)
+    total = {m: sum(c[m] for c in counts.values()) for m in ("✓", "✗", "?")}
+    lines = [f"| table (`{preset}` preset) | ✓ | ✗ | ? |", "|---|---|---|---|"]
+    lines += [f"| {TABLES[t].title} | {c['✓']} | {c['✗']} | {c['?']} |" for t, c in counts.items()]
+    lines += [f"| **all** | **{total['✓']}** | **{total['✗']}** | **{total['?']}** |", ""]
+    outdated = sum(1 for r in results.records if r.get("preset") == preset and r.get("status") == "ok"
+                   and r.get("definitions", 1) < DEFINITIONS_VERSION)
+    if outdated:
+        lines += [f"{outdated} of these `{preset}` cells were computed under older metric definitions (see the tables "
+                  "page); the marks will move when they are rerun.", ""]
+    failed = [(t, f) for t, c in counts.items() for f in c["failed"]]
+    if failed:
+        lines += ["Claims that do not hold on our numbers:", ""]
+        for t, (label, n, claim, mark) in failed:
+            why = KNOWN_REASONS.get((t, claim.describe()))
+            lines.append(f"- {TABLES[t].title}, {label}: claim {n} `{claim.describe()}` {mark}" + (f": {why}" if why else ""))
+    return "\n".join(lines)
 
 # %% ../nbs/52_tables.ipynb #694e6466
 SERIES_STYLE = {"elmf_poisons": ("Poisons", "tab:red"), "elmf_lrg1": ("LRG-1", "tab:orange"),
@@ -294,6 +441,9 @@ def render_page(results: Results, # indexed cell records
            "seed failed (see the cell files). Claims: ✓ the paper's qualitative claim holds on our numbers, ✗ it does "
            "not, ? not enough numbers.", "",
            "Regenerate with `oilwater tables` after `oilwater reproduce TABLE --preset PRESET`.", ""]
+    for p in presets:
+        if any(r.get("preset") == p for r in results.records):
+            out += [f"## How many claims hold (`{p}` preset)", "", claims_summary(results, p, tables), ""]
     for t in tables:
         out += [f"## {t.title}", "", f"*{t.section}.* {t.caption}", ""]
         for p in presets:

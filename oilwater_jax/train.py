@@ -11,7 +11,7 @@ import dataclasses, time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 import numpy as np
 import jax, jax.numpy as jnp
 import optax
@@ -20,16 +20,18 @@ from flax import serialization, struct
 from tqdm.auto import tqdm
 from .core import (OilwaterError, GroupDataset, check_choice, images_to_float, atomic_write_bytes,
                                atomic_write_json, config_hash)
-from .metrics import GroupMetrics, group_metrics
+from .metrics import GroupMetrics, group_metrics, group_accuracy, worst_group_accuracy
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'SELECTIONS', 'TrainConfig', 'TrainState', 'make_optimizer', 'resolve_model', 'create_train_state',
-           'per_example_loss', 'train_step', 'epoch_batches', 'predict', 'evaluate', 'FitResult', 'fit',
-           'save_checkpoint', 'load_checkpoint']
+__all__ = ['SAMPLERS', 'SELECTIONS', 'LR_DROP_FACTOR', 'ERM_STEPPER', 'TrainConfig', 'TrainState', 'make_optimizer',
+           'epoch_learning_rate', 'set_learning_rate', 'resolve_model', 'create_train_state', 'per_example_loss',
+           'train_step', 'Stepper', 'epoch_batches', 'predict', 'evaluate', 'FitResult', 'fit', 'save_checkpoint',
+           'load_checkpoint']
 
 # %% ../nbs/06_train.ipynb #ba9842ff
 SAMPLERS = ("shuffle", "group_balanced")
-SELECTIONS = ("val_wga", "val_acc", "last")
+SELECTIONS = ("val_wga", "val_acc", "val_adjusted_acc", "last")
+LR_DROP_FACTOR = 0.1 # the learning rate is multiplied by this at each of `lr_drops` (PyTorch MultiStepLR's default gamma)
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -42,7 +44,8 @@ class TrainConfig:
     nesterov: bool = False # Nesterov momentum (gradient matching's victim uses it)
     weight_decay: float = 1e-4 # L2 added to the gradient, as in PyTorch's SGD
     sampler: str = "shuffle" # "shuffle": a permutation per epoch; "group_balanced": draw with replacement, p ∝ 1/n_group
-    select_by: str = "val_wga" # which epoch's model to keep: best validation WGA, best validation ACC, or the last
+    select_by: str = "val_wga" # which epoch's model to keep: best validation WGA, ACC, adjusted ACC, or the last (ties: the earlier)
+    lr_drops: tuple = () # epochs after which the learning rate is multiplied by 0.1 (MultiStepLR milestones); () constant
     eval_every: int = 1 # evaluate on validation every this many epochs (and always after the last)
     eval_batch_size: int = 512 # samples per evaluation forward pass
 
@@ -53,6 +56,10 @@ class TrainConfig:
             if getattr(self, name) < 0: raise OilwaterError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}.")
         check_choice(self.sampler, SAMPLERS, "TrainConfig.sampler")
         check_choice(self.select_by, SELECTIONS, "TrainConfig.select_by")
+        drops = tuple(self.lr_drops)
+        if any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in drops) or list(drops) != sorted(set(drops)):
+            raise OilwaterError(f"TrainConfig.lr_drops must be increasing positive epoch numbers, got {self.lr_drops}.")
+        object.__setattr__(self, "lr_drops", drops)
 
     @classmethod
     def smoke(cls, **kw) -> "TrainConfig":
@@ -74,9 +81,25 @@ class TrainState(struct.PyTreeNode):
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    "SGD with momentum and PyTorch-style weight decay."
+    "SGD with momentum and PyTorch-style weight decay (its learning rate settable per epoch when `cfg.lr_drops`)."
+    sgd = optax.inject_hyperparams(optax.sgd) if cfg.lr_drops else optax.sgd
     return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                       optax.sgd(cfg.learning_rate, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+                       sgd(cfg.learning_rate, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+
+def epoch_learning_rate(cfg: TrainConfig, # the run's settings
+                        epoch: int, # 1-based epoch
+                       ) -> float:
+    "The learning rate of `epoch`: ×0.1 for each milestone m of `cfg.lr_drops` with m < epoch (PyTorch MultiStepLR)."
+    return cfg.learning_rate * LR_DROP_FACTOR ** sum(m < epoch for m in cfg.lr_drops)
+
+def set_learning_rate(state, # a `TrainState` whose optimiser came from `make_optimizer` with `lr_drops`
+                      lr: float, # the new learning rate
+                     ):
+    "The state with its SGD learning rate set to `lr` (momentum buffers kept, as PyTorch's schedulers do)."
+    decay, sgd = state.opt_state
+    if not hasattr(sgd, "hyperparams"): raise OilwaterError("set_learning_rate needs an optimiser built with lr_drops.")
+    sgd = sgd._replace(hyperparams={**sgd.hyperparams, "learning_rate": jnp.asarray(lr, jnp.float32)})
+    return state.replace(opt_state=(decay, sgd))
 
 def resolve_model(model: str | nn.Module, num_classes: int = 2) -> nn.Module:
     "A Flax module from a registry name (`'default'` is the fast CPU model) or the module itself."
@@ -122,6 +145,18 @@ def train_step(state: TrainState, # model and optimiser state
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                               batch_stats=updates["batch_stats"], opt_state=opt_state)
     return new_state, {"loss": loss, "losses": losses, "correct": jnp.argmax(logits, -1) == y}
+
+class Stepper(NamedTuple):
+    "How `fit` takes a step: an extra state (e.g. group DRO's weights) threaded through the run, and the step itself."
+    init: Callable[[], Any] # () -> the extra state, a pytree (ERM: an empty tuple)
+    step: Callable # (state, aux, images, labels, index, weights) -> (state, aux, metrics with 'loss', 'losses', 'correct')
+    log: Callable | None = None # aux -> dict added to each epoch's history row (e.g. {"q": [...]})
+
+def _erm_step(state, aux, images, labels, index, weights):
+    state, metrics = train_step(state, images, labels, index, weights)
+    return state, aux, metrics
+
+ERM_STEPPER = Stepper(init=tuple, step=_erm_step) # plain ERM: `train_step`, no extra state
 
 # %% ../nbs/06_train.ipynb #774d6c4c
 def epoch_batches(key: jax.Array, # this epoch's key
@@ -190,6 +225,7 @@ class FitResult:
     history: list # one dict per epoch: train loss, validation metrics, seconds
     last_epoch: dict | None = None # per-sample 'losses' and 'correct' of the last epoch's training pass (by train index)
     seconds: float = 0.0 # wall time
+    aux: Any = None # the stepper's extra state after the last step (e.g. group DRO's final weights)
 
     def summary(self) -> dict:
         "Flat dict of validation and test metrics and the selected epoch."
@@ -202,6 +238,12 @@ def _check_index_list(index_list, n: int) -> np.ndarray:
         raise OilwaterError(f"index_list must hold indices into the {n} training samples (got {index_list.size} entries).")
     return index_list
 
+def _check_groups(groups, n: int, what: str) -> np.ndarray:
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or (n and groups.min() < 0):
+        raise OilwaterError(f"{what} must be non-negative integers of shape ({n},), got {groups.dtype} {groups.shape}.")
+    return groups
+
 def fit(cfg: TrainConfig, # hyperparameters
         data: GroupDataset, # all splits; training uses 'train', selection 'val', reporting 'test'
         key: jax.Array, # the run's key
@@ -212,6 +254,10 @@ def fit(cfg: TrainConfig, # hyperparameters
         progress: bool = True, # show a progress bar over epochs
         state: TrainState | None = None, # continue from this state instead of a fresh initialisation
         before_epoch: Callable | None = None, # (epoch, state, index_list) -> new index_list or None, called before each epoch
+        stepper: Stepper = ERM_STEPPER, # the step (ERM's `train_step`; group DRO plugs in its own) and its extra state
+        train_groups: np.ndarray | None = None, # int [n_train]: the groups `group_balanced` samples by; None: the true groups
+        select_groups: np.ndarray | None = None, # int [n_val]: `val_wga` selects by the worst of these groups; None: the true ones
+        train_group_counts: np.ndarray | None = None, # group sizes weighting the adjusted ACC; None: this training split's
        ) -> FitResult:
     "Train with SGD, select the epoch by validation metric, and evaluate on test."
     t0 = time.perf_counter()
@@ -224,9 +270,13 @@ def fit(cfg: TrainConfig, # hyperparameters
     index_list = np.arange(n) if index_list is None else _check_index_list(index_list, n)
     sample_w = np.ones(n, np.float32) if loss_weights is None else np.asarray(loss_weights, np.float32)
     if sample_w.shape != (n,): raise OilwaterError(f"loss_weights must have shape ({n},), got {sample_w.shape}.")
+    train_groups = train.group_ids if train_groups is None else _check_groups(train_groups, n, "fit: train_groups")
+    if select_groups is not None:
+        select_groups = _check_groups(select_groups, len(val), "fit: select_groups")
+        if cfg.select_by != "val_wga": raise OilwaterError(f"fit: select_groups needs select_by='val_wga', got {cfg.select_by!r}.")
     images, labels = jax.device_put(train.images), jax.device_put(train.labels.astype(np.int32))
-    train_counts = train.group_counts()
-    best, history, last = None, [], None
+    counts = train.group_counts() if train_group_counts is None else np.asarray(train_group_counts)
+    aux, best, history, last = stepper.init(), None, [], None
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {getattr(model, 'name', None) or type(model).__name__}",
                disable=not progress, leave=False)
     for epoch in bar:
@@ -234,20 +284,27 @@ def fit(cfg: TrainConfig, # hyperparameters
         if before_epoch is not None:
             changed = before_epoch(epoch, state, index_list)
             if changed is not None: index_list = _check_index_list(changed, n)
-        batches, pad_w = epoch_batches(jax.random.fold_in(order_key, epoch), index_list, train.group_ids,
+        if cfg.lr_drops: state = set_learning_rate(state, epoch_learning_rate(cfg, epoch))
+        batches, pad_w = epoch_batches(jax.random.fold_in(order_key, epoch), index_list, train_groups,
                                        cfg.batch_size, cfg.sampler)
         weights = pad_w * sample_w[batches]
         losses, record = [], []
         for idx, w in zip(batches, weights):
-            state, m = train_step(state, images, labels, jnp.asarray(idx), jnp.asarray(w))
+            state, aux, m = stepper.step(state, aux, images, labels, jnp.asarray(idx), jnp.asarray(w))
             losses.append(m["loss"])
             if record_last_epoch and epoch == cfg.epochs: record.append((idx, w, m["losses"], m["correct"]))
         row = {"epoch": epoch, "train_loss": float(np.mean(jax.device_get(losses))), "n_visits": int(len(index_list))}
+        if stepper.log is not None: row.update(stepper.log(aux))
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            vm = evaluate(state, val, train_counts, cfg.eval_batch_size)
+            pred = predict(state, val.images, cfg.eval_batch_size).argmax(-1)
+            vm = group_metrics(pred, val.labels, val.group_ids, val.n_groups, counts)
             row.update(vm.as_dict("val_"))
-            score = {"val_wga": vm.wga, "val_acc": vm.acc, "last": epoch}[cfg.select_by]
-            if best is None or score >= best[0]: best = (score, epoch, state, vm)
+            wga = vm.wga
+            if select_groups is not None:
+                wga = worst_group_accuracy(group_accuracy(pred, val.labels, select_groups, int(select_groups.max(initial=0)) + 1))
+                row["val_select_wga"] = wga
+            score = {"val_wga": wga, "val_acc": vm.acc, "val_adjusted_acc": vm.adjusted_acc, "last": epoch}[cfg.select_by]
+            if best is None or score > best[0]: best = (score, epoch, state, vm)  # ties keep the earlier epoch (reference `>`)
         row["seconds"] = time.perf_counter() - te
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_wga=f"{row.get('val_wga', float('nan')):.3f}")
@@ -258,8 +315,8 @@ def fit(cfg: TrainConfig, # hyperparameters
             last["losses"][idx[real]] = np.asarray(l)[real]; last["correct"][idx[real]] = np.asarray(c)[real]
     _, best_epoch, best_state, best_val = best
     return FitResult(state=best_state, best_epoch=best_epoch, val=best_val,
-                     test=evaluate(best_state, test, train_counts, cfg.eval_batch_size), history=history,
-                     last_epoch=last, seconds=time.perf_counter() - t0)
+                     test=evaluate(best_state, test, counts, cfg.eval_batch_size), history=history,
+                     last_epoch=last, seconds=time.perf_counter() - t0, aux=aux)
 
 # %% ../nbs/06_train.ipynb #ac721efa
 def save_checkpoint(path: str | Path, # `.msgpack` file to write

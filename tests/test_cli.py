@@ -159,7 +159,8 @@ def test_train_erm_results_file_in_process(tmp_path, monkeypatch, capsys):
     assert status == 0
     rec = strict_json(tmp_path / "r.json")
     assert rec["seed"] == 7 and rec["best_epoch"] == 3
-    assert rec["config"] == {**train.TrainConfig().__dict__, "epochs": 3, "learning_rate": 0.05, "sampler": "group_balanced"}
+    assert rec["config"] == {**train.TrainConfig().__dict__, "epochs": 3, "learning_rate": 0.05, "sampler": "group_balanced",
+                             "lr_drops": []}  # JSON has no tuples
     assert rec["history"][0]["train_loss"] is None  # NaN written as null
     assert rec["package_version"] == oilwater_jax.__version__ and rec["wall_seconds"] > 0
     assert rec["data"]["group_counts"]["test"] == [45, 45, 13, 13] and rec["data"]["image_size"] == 16
