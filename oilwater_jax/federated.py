@@ -28,7 +28,8 @@ __all__ = ['AGGREGATORS', 'FED_METHODS', 'Partition', 'iid_partition', 'non_iid_
            'make_aggregator', 'client_batches', 'client_start', 'local_train', 'local_train_loop', 'RoundResult',
            'fed_round', 'federation_keys', 'round_key', 'FedResult', 'run_federation', 'kept_share', 'minority_groups',
            'cell_partition', 'cell_aggregator', 'FedSetup', 'federation_setup', 'federate', 'fed_percent_metrics',
-           'fedavg_reference', 'fed_cell', 'fedavg_cell', 'fed_median_cell', 'fed_trimmed_mean_cell', 'sparsefed_cell']
+           'fedavg_reference', 'fed_cell', 'partition_table', 'fedavg_cell', 'fed_median_cell', 'fed_trimmed_mean_cell',
+           'sparsefed_cell']
 
 # %% ../nbs/40_federated.ipynb #fe52c4c9
 @dataclass(frozen=True)
@@ -455,6 +456,30 @@ def fed_cell(cfg: RunConfig, # the cell's config
            "fedavg_wga": base["wga"], "fedavg_acc": base["acc"]}
     if "asr" in own: out.update(asr_drop=base["asr"] - own["asr"], fedavg_asr=base["asr"])
     return out
+
+def partition_table(cfg: RunConfig, # a federated cell's config
+                    seed: int, # the cell's seed
+                   ) -> str:
+    "Per-client group counts of the cell's partition (holders of the minority and malicious clients marked), as text."
+    cell = cell_data(cfg, seed)
+    train = cell.data.split("train")
+    is_poison = None if cell.poisoned is None else cell.poisoned.is_poison
+    p = cell_partition(cfg, train, seed, is_poison)
+    clean = np.ones(len(train), bool) if is_poison is None else ~np.asarray(is_poison, bool)
+    counts = np.stack([np.bincount(train.group_ids[c[clean[c]]], minlength=train.n_groups) for c in p.clients])
+    names = list(train.group_names)
+    head = ["client"] + names + (["poisons"] if is_poison is not None else []) + ["total", "role"]
+    rows = []
+    for c in range(p.n_clients):
+        role = ", ".join(r for r, on in (("minority holder", p.holders[c] and not cfg.row.iid), ("malicious", p.malicious[c])) if on)
+        extra = [int(np.asarray(is_poison)[p.clients[c]].sum())] if is_poison is not None else []
+        rows.append([str(c)] + [str(int(x)) for x in counts[c]] + [str(x) for x in extra] + [str(len(p.clients[c])), role])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    fmt = lambda r: "  ".join(x.rjust(w) if i < len(r) - 1 else x for i, (x, w) in enumerate(zip(r, widths)))
+    title = (f"{cfg.row.data}, preset {cfg.preset}, seed {seed}: {p.n_clients} clients, "
+             f"{'IID' if cfg.row.iid else f'non-IID (minority on {int(p.holders.sum())} holders)'}"
+             + (f", {int(p.malicious.sum())} malicious" if p.malicious.any() else ""))
+    return "\n".join([title, fmt(head)] + [fmt(r) for r in rows])
 
 @register_method("fedavg")
 def fedavg_cell(cfg: RunConfig, seed: int, stages) -> dict:
