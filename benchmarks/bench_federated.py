@@ -30,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--topk", type=int, default=400_000, help="SparseFed's k (Appendix A.1)")
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--curve", type=int, default=0, help="rounds of the cpu-preset curve (0: no curve)")
+    p.add_argument("--rules", default="all", help="curve: comma-separated Table 9 row indices (IID rows), or all")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -160,8 +161,8 @@ def curve_case(args, out):
     from oilwater_jax import pipeline
     from oilwater_jax.federated import federation_setup, run_federation
     rows, curves = [], {}
-    for r in get_table("table9").rows:
-        if not r.config.iid: continue
+    for i, r in enumerate(get_table("table9").rows):
+        if not r.config.iid or (args.rules != "all" and str(i) not in args.rules.split(",")): continue
         for method in (["fedavg"] if not curves else []) + [r.config.method]:
             cfg = get_preset("cpu")(r.config)
             cfg = dataclasses.replace(cfg, fed=dataclasses.replace(cfg.fed, rounds=args.curve))

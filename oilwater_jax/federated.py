@@ -253,13 +253,18 @@ def fed_round(global_state: TrainState, # the global model
               key: jax.Array, # the round's batch-order key
               vmapped: bool = True, # False: the per-client loop (the oracle)
               device_data: tuple | None = None, # (images, labels) already on device
+              per_client: bool = False, # vmapped: one `local_train` call per client (what a Flower node runs)
              ) -> RoundResult:
     "Train the round's clients from the global model and aggregate their updates with the rule."
     index, weights = client_batches(partition, clients, train.group_ids, local_epochs, batch_size, key)
     images, labels = device_data or (jax.device_put(train.images), jax.device_put(train.labels.astype(np.int32)))
     start = client_start(global_state, len(clients))
-    fn = local_train if vmapped else local_train_loop
-    local = fn(start, images, labels, jnp.asarray(index), jnp.asarray(weights))
+    if not vmapped: local = local_train_loop(start, images, labels, index, weights)
+    elif per_client:
+        one = [local_train(client_start(global_state, 1), images, labels, jnp.asarray(index[j:j + 1]), jnp.asarray(weights[j:j + 1]))
+               for j in range(len(clients))]
+        local = jax.tree.map(lambda *a: jnp.concatenate(a), *one)
+    else: local = local_train(start, images, labels, jnp.asarray(index), jnp.asarray(weights))
     updates = jax.tree.map(lambda c, g: c - g[None], local.params, global_state.params)
     applied, agg_state = aggregator.update(updates, agg_state)
     new = global_state.replace(params=jax.tree.map(jnp.add, global_state.params, applied),
@@ -295,6 +300,7 @@ def run_federation(data: GroupDataset, # all splits (training on 'train')
                    eval_every: int | None = None, # evaluate every this many rounds (None: only the last)
                    vmapped: bool = True, # False: the per-client loop
                    on_round: Callable | None = None, # called with each `RoundResult`
+                   per_client: bool = False, # one vmapped program per client (as Flower's nodes run it)
                   ) -> FedResult:
     "Train a global model for `settings.rounds` rounds of local training and aggregation."
     t0 = time.perf_counter()
@@ -311,7 +317,7 @@ def run_federation(data: GroupDataset, # all splits (training on 'train')
         tr0 = time.perf_counter()
         chosen = np.sort(_rng(jax.random.fold_in(select_key, r)).choice(settings.n_clients, settings.clients_per_round, replace=False))
         res = fed_round(g, agg_state, aggregator, partition, train, chosen, local.epochs, local.batch_size,
-                        round_key(order_key, r), vmapped, dev)
+                        round_key(order_key, r), vmapped, dev, per_client)
         g, agg_state = res.state, res.agg_state
         if on_round is not None: on_round(res)
         if r == settings.rounds or (eval_every and r % eval_every == 0):

@@ -131,14 +131,19 @@ server_app = ServerApp()
 
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
-    "Run the configured rounds with `OilwaterStrategy` and save the final global variables to the run config's `out`."
+    "Run the configured rounds with `OilwaterStrategy`; save the global variables to `out` (and `<out>_round<r>.npz`)."
     cfg, seed, data, s = client_data(context.run_config)
     like = {"params": s.state.params, "batch_stats": s.state.batch_stats}
     strategy = OilwaterStrategy(s.aggregator, like, cfg.fed.n_clients)
-    result = strategy.start(grid, to_arrays(like), num_rounds=cfg.fed.rounds, timeout=float(context.run_config.get("timeout", 600)))
-    final = from_arrays(result.arrays, like)
-    if out := str(context.run_config.get("out", "")):
-        atomic_save_npz(Path(out), **{f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(final))})
+    out = str(context.run_config.get("out", ""))
+    def save(path, arrays):
+        atomic_save_npz(path, **{f"leaf{i}": a for i, a in enumerate(arrays.to_numpy_ndarrays())})
+    def after_round(r: int, arrays: ArrayRecord):   # Flower calls this with the global model before round 1 and after each
+        if out: save(Path(out).with_name(f"{Path(out).stem}_round{r}.npz"), arrays)
+        return None
+    result = strategy.start(grid, to_arrays(like), num_rounds=cfg.fed.rounds, evaluate_fn=after_round,
+                            timeout=float(context.run_config.get("timeout", 600)))
+    if out: save(Path(out), result.arrays)
 
 # %% ../nbs/41_flower.ipynb #3560f9b3
 def write_flower_app(folder: str | Path, # where the app's pyproject.toml goes
