@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 from .core import OilwaterError, GroupDataset, check_choice
 from .experiments import RunConfig, FedSettings, make_row
 from .metrics import GroupMetrics, WATERBIRDS_ROLES
+from .models import HybridPolicy
 from .train import (TrainConfig, TrainState, create_train_state, train_step, epoch_batches, evaluate,
                                 resolve_model, make_optimizer)
 from .runner import register_method
@@ -23,13 +24,13 @@ from .cells import cell_data, stage_config
 from . import pipeline, attack_runs
 
 # %% auto #0
-__all__ = ['AGGREGATORS', 'FED_METHODS', 'Partition', 'iid_partition', 'non_iid_partition', 'with_poisons', 'fedavg',
-           'coordinate_median', 'trimmed_mean', 'SparseFedState', 'sparsefed_init', 'sparsefed_update', 'Aggregator',
-           'make_aggregator', 'client_batches', 'client_start', 'local_train', 'local_train_loop', 'RoundResult',
-           'fed_round', 'federation_keys', 'round_key', 'FedResult', 'run_federation', 'kept_share', 'minority_groups',
-           'cell_partition', 'cell_aggregator', 'FedSetup', 'federation_setup', 'federate', 'fed_percent_metrics',
-           'fedavg_reference', 'fed_cell', 'partition_table', 'fedavg_cell', 'fed_median_cell', 'fed_trimmed_mean_cell',
-           'sparsefed_cell']
+__all__ = ['AGGREGATORS', 'FED_METHODS', 'FED_HYBRID_POLICY', 'Partition', 'iid_partition', 'non_iid_partition', 'with_poisons',
+           'fedavg', 'coordinate_median', 'trimmed_mean', 'SparseFedState', 'sparsefed_init', 'sparsefed_update',
+           'Aggregator', 'make_aggregator', 'client_batches', 'client_start', 'local_train', 'local_train_loop',
+           'RoundResult', 'fed_round', 'federation_keys', 'round_key', 'FedResult', 'run_federation', 'kept_share',
+           'minority_groups', 'cell_partition', 'cell_aggregator', 'FedSetup', 'federation_setup', 'federate',
+           'fed_percent_metrics', 'fedavg_reference', 'fed_cell', 'partition_table', 'fedavg_cell', 'fed_median_cell',
+           'fed_trimmed_mean_cell', 'sparsefed_cell']
 
 # %% ../nbs/40_federated.ipynb #fe52c4c9
 @dataclass(frozen=True)
@@ -373,10 +374,14 @@ def cell_aggregator(cfg: RunConfig, # the cell's config
     k = max(1, min(n_params, round(cfg.fed.topk_fraction * n_params)))
     return make_aggregator(name, trim=cfg.row.trim, k=k, rho=cfg.row.server_momentum)
 
+FED_HYBRID_POLICY = HybridPolicy(im2col_max_output=10**9, slice_max_pool=True) # every convolution as im2col + matmul
+
 @functools.lru_cache(maxsize=8)
 def _shared_model(name: str, n_classes: int):
-    "One module object per model name: jitted programs are keyed by `apply_fn`, which compares by identity."
-    return resolve_model(name, n_classes)
+    "One module object per model name (jitted programs are keyed by `apply_fn`, which compares by identity)."
+    from oilwater_jax import models
+    return models.make_model(models.DEFAULT_CPU_MODEL if name == "default" else name, n_classes,
+                             hybrid_policy=FED_HYBRID_POLICY)
 
 @functools.lru_cache(maxsize=8)
 def _shared_tx(local: TrainConfig):
