@@ -120,16 +120,20 @@ def aggregator_case(args):
     e_np = u_np.mean(0); e_jax = jnp.asarray(e_np); e_t = torch.from_numpy(e_np)
     k, trim = args.topk, 2
     med_j = jax.jit(coordinate_median); trim_j = jax.jit(lambda u: trimmed_mean(u, trim))
+    med_jnp = jax.jit(lambda u: jnp.median(u, axis=0))
+    trim_jnp = jax.jit(lambda u: jnp.mean(jnp.sort(u, axis=0)[trim:len(u) - trim], axis=0))
     topk_j = jax.jit(lambda e: jax.lax.top_k(jnp.abs(e), k)[1])
     approx_j = jax.jit(lambda e: jax.lax.approx_max_k(jnp.abs(e), k, recall_target=0.95)[1])
     def trim_np(u): s = np.sort(u, axis=0); return s[trim:len(u) - trim].mean(0)
     def trim_t(u): s = torch.sort(u, dim=0).values; return s[trim:len(u) - trim].mean(0)
     cases = [
-        ("median", "jax_median", lambda: med_j(u_jax).block_until_ready()),
+        ("median", "jax_sorting_network", lambda: med_j(u_jax).block_until_ready()),
+        ("median", "jax_jnp_median", lambda: med_jnp(u_jax).block_until_ready()),
         ("median", "numpy_median", lambda: np.median(u_np, axis=0)),
         ("median", "torch_median_lower", lambda: torch.median(u_t, dim=0).values),   # lower middle value, not the mean
         ("median", "torch_quantile_0.5", lambda: torch.quantile(u_t[:, : 2 ** 24 - 1], 0.5, dim=0)),
-        ("trimmed_mean", "jax_sort", lambda: trim_j(u_jax).block_until_ready()),
+        ("trimmed_mean", "jax_sorting_network", lambda: trim_j(u_jax).block_until_ready()),
+        ("trimmed_mean", "jax_jnp_sort", lambda: trim_jnp(u_jax).block_until_ready()),
         ("trimmed_mean", "numpy_sort", lambda: trim_np(u_np)),
         ("trimmed_mean", "torch_sort", lambda: trim_t(u_t)),
         ("topk", "jax_lax_top_k", lambda: topk_j(e_jax).block_until_ready()),

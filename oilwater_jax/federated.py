@@ -24,13 +24,13 @@ from .cells import cell_data, stage_config
 from . import pipeline, attack_runs
 
 # %% auto #0
-__all__ = ['AGGREGATORS', 'FED_METHODS', 'FED_HYBRID_POLICY', 'Partition', 'iid_partition', 'non_iid_partition', 'with_poisons',
-           'fedavg', 'coordinate_median', 'trimmed_mean', 'SparseFedState', 'sparsefed_init', 'sparsefed_update',
-           'Aggregator', 'make_aggregator', 'client_batches', 'client_start', 'local_train', 'local_train_loop',
-           'RoundResult', 'fed_round', 'federation_keys', 'round_key', 'FedResult', 'run_federation', 'kept_share',
-           'minority_groups', 'cell_partition', 'cell_aggregator', 'FedSetup', 'federation_setup', 'federate',
-           'fed_percent_metrics', 'fedavg_reference', 'fed_cell', 'partition_table', 'fedavg_cell', 'fed_median_cell',
-           'fed_trimmed_mean_cell', 'sparsefed_cell']
+__all__ = ['SORTING_NETWORK_MAX_CLIENTS', 'AGGREGATORS', 'FED_METHODS', 'FED_HYBRID_POLICY', 'Partition', 'iid_partition',
+           'non_iid_partition', 'with_poisons', 'fedavg', 'sort_clients', 'coordinate_median', 'trimmed_mean',
+           'SparseFedState', 'sparsefed_init', 'sparsefed_update', 'Aggregator', 'make_aggregator', 'client_batches',
+           'client_start', 'local_train', 'local_train_loop', 'RoundResult', 'fed_round', 'federation_keys',
+           'round_key', 'FedResult', 'run_federation', 'kept_share', 'minority_groups', 'cell_partition',
+           'cell_aggregator', 'FedSetup', 'federation_setup', 'federate', 'fed_percent_metrics', 'fedavg_reference',
+           'fed_cell', 'partition_table', 'fedavg_cell', 'fed_median_cell', 'fed_trimmed_mean_cell', 'sparsefed_cell']
 
 # %% ../nbs/40_federated.ipynb #fe52c4c9
 @dataclass(frozen=True)
@@ -105,10 +105,26 @@ def fedavg(stacked: Any, # pytree, clients on axis 0
     "The unweighted mean over clients (FedAvg as in the reference)."
     return jax.tree.map(lambda u: jnp.mean(u, axis=0), stacked)
 
+SORTING_NETWORK_MAX_CLIENTS = 32 # up to this many clients, sort with elementwise min/max instead of `jnp.sort`
+
+def sort_clients(u: jax.Array, # [m, ...]: one row per client
+                ) -> jax.Array:
+    "`u` sorted along axis 0 (clients): an odd-even transposition network of `minimum`/`maximum` for small m."
+    m = u.shape[0]
+    if m > SORTING_NETWORK_MAX_CLIENTS: return jnp.sort(u, axis=0)
+    rows = list(u)
+    for i in range(m):
+        for j in range(i % 2, m - 1, 2):
+            rows[j], rows[j + 1] = jnp.minimum(rows[j], rows[j + 1]), jnp.maximum(rows[j], rows[j + 1])
+    return jnp.stack(rows)
+
 def coordinate_median(stacked: Any, # pytree, clients on axis 0
                      ) -> Any:
     "The per-coordinate median over clients."
-    return jax.tree.map(lambda u: jnp.median(u, axis=0), stacked)
+    def med(u):
+        m, s = u.shape[0], sort_clients(u)
+        return s[m // 2] if m % 2 else (s[m // 2 - 1] + s[m // 2]) / 2
+    return jax.tree.map(med, stacked)
 
 def trimmed_mean(stacked: Any, # pytree, clients on axis 0
                  trim: int, # values dropped at each end of every coordinate (paper: 2)
@@ -116,7 +132,7 @@ def trimmed_mean(stacked: Any, # pytree, clients on axis 0
     "Per coordinate: sort over clients, drop the `trim` largest and smallest, average the rest."
     m = jax.tree.leaves(stacked)[0].shape[0]
     if not 0 <= trim or 2 * trim >= m: raise OilwaterError(f"trimmed_mean: trim={trim} leaves nothing of {m} clients (need 0 <= 2*trim < {m}).")
-    return jax.tree.map(lambda u: jnp.mean(jnp.sort(u, axis=0)[trim:m - trim], axis=0), stacked)
+    return jax.tree.map(lambda u: jnp.mean(sort_clients(u)[trim:m - trim], axis=0), stacked)
 
 # %% ../nbs/40_federated.ipynb #2da73297
 class SparseFedState(NamedTuple):
