@@ -47,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed calls per round at most (at least 2)")
     p.add_argument("--budget", type=float, default=3.0, help="stop repeating within a round after this many seconds")
     p.add_argument("--matmul-precision", default=None, help="jax_default_matmul_precision (e.g. 'highest', 'bfloat16')")
+    p.add_argument("--devices", default="1", help="data parallelism: 1, k or all local devices (oilwater_jax.sharding); "
+                   "the batch is split over them, so it must be a multiple of their number")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. the XLA_FLAGS tried)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
@@ -78,6 +80,9 @@ def bench_jax(name, size, impl, args, work):
     x = jnp.asarray(rng.uniform(size=(args.batch, size, size, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 2, args.batch), jnp.int32)
     variables = init_model(model, jax.random.key(0), (size, size, 3))
+    from oilwater_jax.sharding import resolve_mesh, replicate, shard_batch
+    mesh = resolve_mesh(args.devices)
+    if mesh is not None: variables, (x, y) = replicate(mesh, variables), shard_batch(mesh, x, y)
     out = {}
     if "eval" in work:
         forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -86,6 +91,8 @@ def bench_jax(name, size, impl, args, work):
     if "train" in work:
         tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))
         state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+        state = jax.tree.map(lambda a: a.copy(), state)  # donated by the step: eval keeps its own `variables`
+        if mesh is not None: state = replicate(mesh, state)
 
         @partial(jax.jit, donate_argnums=0)
         def train_step(state, x, y):
@@ -177,6 +184,7 @@ def main(argv=None):
                 cpu_count=os.cpu_count(), platform=platform.platform(), xla_flags=os.environ.get("XLA_FLAGS", ""),
                 matmul_precision=args.matmul_precision, dtype=args.dtype, batch=args.batch,
                 auto_impl=resolve_conv_impl("auto"), torch_device=torch_device, note=args.note, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                devices=args.devices, n_devices=len(jax.devices()),
                 load_average_start=os.getloadavg(), uptime_start=_uptime(), rounds=args.rounds,
                 torch_configs=args.torch_configs if torch_device else None,
                 caution="measured on a shared machine under load: compare ratios within this file only, and re-measure "
