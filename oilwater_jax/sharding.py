@@ -17,7 +17,7 @@ from . import train as _train
 
 # %% auto #0
 __all__ = ['BATCH_AXIS', 'make_mesh', 'replicated', 'batch_sharded', 'resolve_mesh', 'check_divisible', 'shard_batch',
-           'replicate', 'make_sharded_train_step', 'sharded_predict', 'sharded_per_example_grads']
+           'replicate', 'make_sharded_train_step', 'sharded_predict', 'sharded_per_example_grads', 'data_parallel_step']
 
 # %% ../nbs/09_sharding.ipynb #7d548033
 BATCH_AXIS = "batch" # the mesh axis the batch is split over
@@ -154,3 +154,14 @@ def sharded_per_example_grads(mesh: Mesh, # the data-parallel mesh
         g = grads(variables, *shard_batch(mesh, xc, yc), sketch)
         outs.append(jax.tree.map(lambda a: a[:stop - start], g))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+# %% ../nbs/09_sharding.ipynb #ae541145
+def data_parallel_step(devices: int | str | None, # the run's setting: None or 1 (one device), "all", or k devices
+                       state: Any, # the `TrainState`
+                       images: Any, # the training image store [N, h, w, c]
+                       labels: Any, # int [N]
+                      ) -> tuple[Callable, Any, Any, Any]:
+    "(step, state, images, labels): the train step for `devices` and the arrays placed for it."
+    mesh = resolve_mesh(devices)
+    if mesh is None: return _train.train_step, state, images, labels
+    return make_sharded_train_step(mesh), *replicate(mesh, (state, images, labels))
