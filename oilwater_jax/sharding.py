@@ -82,6 +82,7 @@ def replicate(mesh: Mesh, # the data-parallel mesh
 def _metric_shardings(mesh: Mesh) -> dict:
     return {"loss": replicated(mesh), "losses": batch_sharded(mesh), "correct": batch_sharded(mesh)}
 
+@lru_cache(maxsize=None)
 def make_sharded_train_step(mesh: Mesh, # the data-parallel mesh
                             step: Callable = _train.train_step, # a step with `train_step`'s signature
                            ) -> Callable:
