@@ -60,10 +60,21 @@ def profile_summary(path: Path) -> str:
             f"stem's was confirmed in isolation and fixed in `models` (XLA's weight gradient for 3 input channels).\n")
 
 
-def render(files: list[Path], profiles: list[Path]) -> str:
+def attacks_summary(path: Path) -> str:
+    "One sentence from `bench_attacks.py --append` runs: median speedup against PyTorch's faster memory format, and range."
+    res = json.loads(path.read_text())
+    bits = [f"{r['work']}: {r['speedup_median']:.2f}x (runs {r['speedup_min']:.2f}-{r['speedup_max']:.2f})" for r in res["summary"]]
+    info = res["runs"][-1]["info"]
+    return (f"Attack work ({info['model']} at {info['px']} px, {len(res['runs'])} runs, against the faster of PyTorch's "
+            f"contiguous and channels_last formats, `{path.relative_to(HERE.parent).as_posix()}`): " + "; ".join(bits) +
+            ". All runs used the same code: the spread between them is the load of the shared machine.\n")
+
+
+def render(files: list[Path], profiles: list[Path], attacks: list[Path] = ()) -> str:
     parts = [train_table(f) for f in files if f.exists()]
+    parts += [attacks_summary(a) for a in attacks if a.exists()]
     parts += [profile_summary(p) for p in profiles if p.exists()]
-    if not parts: raise SystemExit(f"no results files among {', '.join(map(str, files + profiles))}")
+    if not parts: raise SystemExit(f"no results files among {', '.join(map(str, [*files, *profiles, *attacks]))}")
     return "\n".join(parts)
 
 
@@ -88,11 +99,12 @@ def main(argv=None):
     p.add_argument("--files", default="results/bench_train_cpu_fair.json,results/bench_train_cpu_fair_compile.json",
                    help="bench_train.py results, relative to benchmarks/")
     p.add_argument("--profiles", default="results/profile_resnet18_64.json", help="profile_layers.py results")
+    p.add_argument("--attacks", default="results/bench_attacks_cpu_fair.json", help="bench_attacks.py results")
     p.add_argument("--index", default=None, help="write into this notebook's marked block instead of printing")
     args = p.parse_args(argv)
     files = [HERE / f for f in args.files.split(",") if f]
     profiles = [HERE / f for f in args.profiles.split(",") if f]
-    text = render(files, profiles)
+    text = render(files, profiles, [HERE / f for f in args.attacks.split(",") if f])
     if args.index: update_index(Path(args.index), text)
     else: sys.stdout.write(text)
 
