@@ -96,7 +96,7 @@ def update_index(index: Path, text: str) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--files", default="results/bench_train_cpu_fair.json,results/bench_train_cpu_fair_compile.json",
+    p.add_argument("--files", default="results/bench_train_cpu_fair.json,results/bench_train_cpu_fair_compile.json,results/bench_train_cpu_fair_r18_64.json",
                    help="bench_train.py results, relative to benchmarks/")
     p.add_argument("--profiles", default="results/profile_resnet18_64.json", help="profile_layers.py results")
     p.add_argument("--attacks", default="results/bench_attacks_cpu_fair.json", help="bench_attacks.py results")
