@@ -19,7 +19,7 @@ repeated calls after a warm-up call (compile time reported apart); ratios > 1 me
     python benchmarks/bench_attacks.py --out benchmarks/results/bench_attacks_cpu.json --append   # one more run
 """
 from __future__ import annotations
-import argparse, json, os, platform, statistics, sys, time
+import argparse, subprocess, json, os, platform, statistics, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--torch-device", default="cpu", help="cpu, cuda or auto (cuda when available)")
     p.add_argument("--no-torch", action="store_true", help="JAX only")
+    p.add_argument("--torch-formats", default="contiguous,channels_last", help="PyTorch memory formats to time; "
+                   "speedups are against the faster one (`speedup`) and against contiguous (`speedup_contiguous`)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls at most (at least 2)")
     p.add_argument("--budget", type=float, default=8.0, help="stop repeating a measurement after this many seconds")
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -130,15 +132,18 @@ def torch_augment(x, gen, max_shift=0.125):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def bench_torch(name, args, d, device="cpu"):
+def bench_torch(name, args, d, device="cpu", fmt="contiguous"):
+    "PyTorch timings; `fmt` 'channels_last' puts the model and every input in NHWC memory format."
     import torch, torch.nn.functional as F
     from torch.func import functional_call, grad, vmap
     torch.manual_seed(0)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model, mean, sd = torch_model(name, device)
+    memfmt = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=memfmt)
     params = {k: p for k, p in model.named_parameters()}
     buffers = {k: b for k, b in model.named_buffers()}
-    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device).to(memory_format=memfmt)
     x, y = nchw(d["xp"]), torch.from_numpy(d["yp"]).to(device)
     xt, yt = nchw(d["xt"]), torch.from_numpy(d["yt"]).to(device)
     tg = torch.autograd.grad(F.cross_entropy(model(xt), yt), list(params.values()))
@@ -195,7 +200,14 @@ def main(argv=None):
         torch.set_num_threads(args.torch_threads)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.torch_device == "auto" else args.torch_device
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), torch_device=device)
-        res["torch"] = bench_torch(name, args, d, device)
+        for fmt in args.torch_formats.split(","):
+            res[f"torch_{fmt}"] = bench_torch(name, args, d, device, fmt)
+        gm = min((k for k in res if k.startswith("torch_")), key=lambda k: res[k]["gm_step"]["seconds"])
+        pe = max((k for k in res if k.startswith("torch_")), key=lambda k: res[k]["per_example"]["examples_per_s"])
+        res["torch"] = dict(gm_step=res[gm]["gm_step"], per_example=res[pe]["per_example"])
+        info.update(torch_best=dict(gm_step=gm, per_example=pe), torch_formats=args.torch_formats,
+                    uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+                    caution="measured on a shared machine under load: compare within this file only")
     info.update(load_average_end=os.getloadavg(), total_s=round(time.perf_counter() - t0, 1))
     rows = [dict(work=f"GM step ({args.poisons} poisons, {args.targets} targets)", unit="s/step",
                  jax=round(res["jax"]["gm_step"]["seconds"], 3), jax_compile_s=round(res["jax"]["gm_step"]["compile_s"], 1)),
@@ -205,11 +217,20 @@ def main(argv=None):
     if "torch" in res:
         rows[0].update(torch=round(res["torch"]["gm_step"]["seconds"], 3),
                        speedup=round(res["torch"]["gm_step"]["seconds"] / res["jax"]["gm_step"]["seconds"], 2))
+        for i, w in enumerate(("gm_step", "per_example")):
+            for k in res:
+                if k.startswith("torch_"):
+                    v = res[k][w]
+                    rows[i][k] = round(v["seconds"], 3) if w == "gm_step" else round(v["examples_per_s"], 1)
+        if "torch_contiguous" in res:
+            rows[0]["speedup_contiguous"] = round(res["torch_contiguous"]["gm_step"]["seconds"] / res["jax"]["gm_step"]["seconds"], 2)
+            rows[1]["speedup_contiguous"] = round(res["jax"]["per_example"]["examples_per_s"] / res["torch_contiguous"]["per_example"]["examples_per_s"], 2)
         rows[1].update(torch=round(res["torch"]["per_example"]["examples_per_s"], 1),
                        speedup=round(res["jax"]["per_example"]["examples_per_s"] / res["torch"]["per_example"]["examples_per_s"], 2))
     print(f"{name} @ {args.size}px, {info['backend']}; load average {info['load_average_start'][0]:.1f} -> "
           f"{info['load_average_end'][0]:.1f}; {info['total_s']} s. speedup = JAX/PyTorch throughput (>1: JAX faster)")
-    cols = ["work", "unit", "jax", "torch", "speedup", "jax_compile_s"]
+    cols = ["work", "unit", "jax", *[f"torch_{f}" for f in args.torch_formats.split(",") if "torch" in res], "speedup",
+            "speedup_contiguous", "jax_compile_s"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows: print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     if args.out:

@@ -9,6 +9,7 @@ few percent, see shared/reference/cpu-performance.md) with `--torch-threads` thr
 
     python benchmarks/bench_train.py                              # default CPU model @32, resnet18 @32 and @64
     python benchmarks/bench_train.py --models resnet10,resnet18_w16 --sizes 32 --out results.json
+    python benchmarks/bench_train.py --torch-configs eager,channels_last,compile --models resnet18_w16 --sizes 32
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false python benchmarks/bench_train.py --xla-flags-note single-thread
 
 The same code runs on a GPU: JAX uses its default device and PyTorch uses CUDA when it is available (`--torch-device`).
@@ -40,26 +41,36 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--torch-device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (CPU)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls at most (at least 2)")
-    p.add_argument("--budget", type=float, default=6.0, help="stop repeating a measurement after this many seconds")
+    p.add_argument("--torch-configs", default="eager,channels_last", help="PyTorch configurations: eager, channels_last, "
+                   "compile, channels_last_compile (torch.compile costs about a minute per model on a small CPU)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over rounds are reported")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per round at most (at least 2)")
+    p.add_argument("--budget", type=float, default=3.0, help="stop repeating within a round after this many seconds")
     p.add_argument("--matmul-precision", default=None, help="jax_default_matmul_precision (e.g. 'highest', 'bfloat16')")
+    p.add_argument("--devices", default="1", help="data parallelism: 1, k or all local devices (oilwater_jax.sharding); "
+                   "the batch is split over them, so it must be a multiple of their number")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. the XLA_FLAGS tried)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
 
-def timed(fn, repeats: int, budget: float) -> tuple[float, float, int]:
-    "(compile + first call seconds, median seconds per call, calls timed); `fn()` must block until done."
-    t0 = time.perf_counter(); fn(); first = time.perf_counter() - t0
+def first_call(fn) -> float:
+    "Seconds of the first call (compile included); `fn()` must block until done."
+    t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
+
+
+def measure(fn, repeats: int, budget: float) -> tuple[float, int]:
+    "(median seconds per call, calls timed) of a warmed-up `fn`."
     times = []
     while len(times) < max(2, repeats):
         t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
         if len(times) >= 2 and sum(times) > budget: break
-    return first, statistics.median(times), len(times)
+    return statistics.median(times), len(times)
 
 
 # ---------------------------------------------------------------- JAX
 def bench_jax(name, size, impl, args, work):
+    "{work: (fn, first-call seconds)} for the JAX model with the `impl` convolution lowering."
     import jax, jax.numpy as jnp, optax
     from oilwater_jax.models import make_model, init_model, HYBRID, HYBRID_ALL_PATHS
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -69,14 +80,19 @@ def bench_jax(name, size, impl, args, work):
     x = jnp.asarray(rng.uniform(size=(args.batch, size, size, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 2, args.batch), jnp.int32)
     variables = init_model(model, jax.random.key(0), (size, size, 3))
+    from oilwater_jax.sharding import resolve_mesh, replicate, shard_batch
+    mesh = resolve_mesh(args.devices)
+    if mesh is not None: variables, (x, y) = replicate(mesh, variables), shard_batch(mesh, x, y)
     out = {}
     if "eval" in work:
         forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-        first, sec, n = timed(lambda: forward(variables, x).block_until_ready(), args.repeats, args.budget)
-        out["eval"] = dict(samples_per_s=args.batch / sec, compile_s=first - sec, calls=n)
+        fwd = lambda: forward(variables, x).block_until_ready()
+        out["eval"] = (fwd, first_call(fwd))
     if "train" in work:
         tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))
         state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+        state = jax.tree.map(lambda a: a.copy(), state)  # donated by the step: eval keeps its own `variables`
+        if mesh is not None: state = replicate(mesh, state)
 
         @partial(jax.jit, donate_argnums=0)
         def train_step(state, x, y):
@@ -92,45 +108,54 @@ def bench_jax(name, size, impl, args, work):
         box = [state]
         def step():
             box[0], loss = train_step(box[0], x, y); loss.block_until_ready()
-        first, sec, n = timed(step, args.repeats, args.budget)
-        out["train"] = dict(samples_per_s=args.batch / sec, compile_s=first - sec, calls=n)
+        out["train"] = (step, first_call(step))
     return out
 
 
 # ---------------------------------------------------------------- PyTorch
-def bench_torch(name, size, args, work, device):
+TORCH_CONFIGS = ("eager", "channels_last", "compile", "channels_last_compile")
+def bench_torch(name, size, args, work, device, config="eager"):
+    "{work: (fn, first-call seconds)} for the PyTorch twin in `config` (eager, channels_last, compile, ...)."
     import torch
     from oilwater_jax.models import make_model
     from torch_resnet import ResNet, BasicBlock, Bottleneck
     spec = make_model(name)
     block = {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}[spec.block_cls.__name__]
+    torch.manual_seed(0)
     model = ResNet(block, spec.stage_sizes, 2, spec.width, spec.stem).to(device)
+    fmt = torch.channels_last if config.startswith("channels_last") else torch.contiguous_format
     sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.uniform(size=(args.batch, 3, size, size)).astype(np.float32)).to(device)
+    x = torch.from_numpy(rng.uniform(size=(args.batch, 3, size, size)).astype(np.float32)).to(device).to(memory_format=fmt)
+    model = model.to(memory_format=fmt)
+    net = torch.compile(model) if config.endswith("compile") else model
     y = torch.from_numpy(rng.integers(0, 2, args.batch)).to(device)
     autocast = partial(torch.autocast, device_type=device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     out = {}
     if "eval" in work:
-        model.eval()
         def forward():
-            with torch.inference_mode(), autocast(): model(x)
+            model.eval()
+            with torch.no_grad(), autocast(): net(x)
             sync()
-        first, sec, n = timed(forward, args.repeats, args.budget)
-        out["eval"] = dict(samples_per_s=args.batch / sec, compile_s=0.0, calls=n)
+        out["eval"] = (forward, first_call(forward))
     if "train" in work:
-        model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         def step():
+            model.train()
             opt.zero_grad(set_to_none=True)
-            with autocast(): loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            with autocast(): loss = torch.nn.functional.cross_entropy(net(x).float(), y)
             loss.backward(); opt.step(); sync()
-        first, sec, n = timed(step, args.repeats, args.budget)
-        out["train"] = dict(samples_per_s=args.batch / sec, compile_s=0.0, calls=n)
+        out["train"] = (step, first_call(step))
     return out
 
 
 # ---------------------------------------------------------------- main
+def _uptime() -> str:
+    import subprocess
+    try: return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError): return ""
+
+
 def cases(args):
     from oilwater_jax.models import DEFAULT_CPU_MODEL
     if args.models is None and args.sizes is None:
@@ -159,28 +184,49 @@ def main(argv=None):
                 cpu_count=os.cpu_count(), platform=platform.platform(), xla_flags=os.environ.get("XLA_FLAGS", ""),
                 matmul_precision=args.matmul_precision, dtype=args.dtype, batch=args.batch,
                 auto_impl=resolve_conv_impl("auto"), torch_device=torch_device, note=args.note, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-                load_average_start=os.getloadavg())
+                devices=args.devices, n_devices=len(jax.devices()),
+                load_average_start=os.getloadavg(), uptime_start=_uptime(), rounds=args.rounds,
+                torch_configs=args.torch_configs if torch_device else None,
+                caution="measured on a shared machine under load: compare ratios within this file only, and re-measure "
+                        "absolute throughput on a quiet machine (python benchmarks/bench_train.py)")
     if torch_device:
         import torch; info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    torch_cfgs = [c for c in args.torch_configs.split(",") if c] if torch_device else []
+    for c in torch_cfgs:
+        if c not in TORCH_CONFIGS: raise SystemExit(f"--torch-configs: {c!r} is not one of {', '.join(TORCH_CONFIGS)}")
+    tkey = lambda c: "torch" if c == "eager" else f"torch_{c}"
     rows, t_start = [], time.perf_counter()
     for name, size in cases(args):
-        res = {impl: bench_jax(name, size, impl, args, work) for impl in impls}
-        if torch_device: res["torch"] = bench_torch(name, size, args, work, torch_device)
+        fns = {impl: bench_jax(name, size, impl, args, work) for impl in impls}
+        for c in torch_cfgs: fns[tkey(c)] = bench_torch(name, size, args, work, torch_device, c)
+        per_round = {(k, w): [] for k in fns for w in work}
+        for r in range(max(1, args.rounds)):  # interleaved: every configuration once per round, order rotated
+            keys = list(per_round)
+            keys = keys[r % len(keys):] + keys[:r % len(keys)]
+            for k, w in keys: per_round[(k, w)].append(measure(fns[k][w][0], args.repeats, args.budget)[0])
         for w in work:
-            row = dict(model=name, px=size, work=w, **{k: round(v[w]["samples_per_s"], 1) for k, v in res.items()},
-                       compile_s={k: round(v[w]["compile_s"], 1) for k, v in res.items() if k != "torch"})
-            for impl in impls:
-                if "torch" in res: row[f"{impl}/torch"] = round(res[impl][w]["samples_per_s"] / res["torch"][w]["samples_per_s"], 2)
+            sec = {k: statistics.median(per_round[(k, w)]) for k in fns}
+            row = dict(model=name, px=size, work=w, **{k: round(args.batch / v, 1) for k, v in sec.items()},
+                       compile_s={k: round(fns[k][w][1] - sec[k], 1) for k in fns},
+                       spread={k: round(max(per_round[(k, w)]) / min(per_round[(k, w)]), 2) for k in fns})
+            tk = [tkey(c) for c in torch_cfgs]
+            if tk:
+                best = max(tk, key=lambda k: row[k])
+                row["torch_best"] = best
+                for impl in impls:
+                    if "torch" in row: row[f"{impl}/torch"] = round(row[impl] / row["torch"], 2)
+                    row[f"{impl}/best"] = round(row[impl] / row[best], 2)
             rows.append(row); print(json.dumps(row), flush=True)
-    info.update(load_average_end=os.getloadavg(), total_s=round(time.perf_counter() - t_start, 1))
-    cols = ["model", "px", "work", *impls, *(["torch"] if torch_device else []),
-            *([f"{i}/torch" for i in impls] if torch_device else [])]
+    info.update(load_average_end=os.getloadavg(), uptime_end=_uptime(), total_s=round(time.perf_counter() - t_start, 1))
+    cols = ["model", "px", "work", *impls, *[tkey(c) for c in torch_cfgs],
+            *([f"{i}/torch" for i in impls] if "eager" in torch_cfgs else []), *[f"{i}/best" for i in impls if torch_cfgs]]
     print(f"\nsamples/s, batch {args.batch}, {args.dtype}, {info['backend']} ({info['device']}); "
           f"load average {info['load_average_start'][0]:.1f} -> {info['load_average_end'][0]:.1f}; {info['total_s']} s")
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows: print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     if args.out:
-        Path(args.out).write_text(json.dumps(dict(info=info, rows=rows), indent=2) + "\n")
+        out = Path(args.out); tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(dict(info=info, rows=rows), indent=2) + "\n"); os.replace(tmp, out)
     return rows
 
 

@@ -20,6 +20,7 @@ Modules:
 - `oilwater_jax.poisons`: Poisoned training sets that remember where every sample came from, the dirty-label backdoor (DLBD) and the sub-population attack (SA), and their attack success rates.
 - `oilwater_jax.real_data`: Waterbirds and CelebA from the files users actually have: parsed strictly, prepared once into an array_record cache, and loaded as a `GroupDataset`.
 - `oilwater_jax.runner`: Methods register themselves by name; the runner executes the missing cells (row × seed) of a table, caches shared stages, survives interruptions and records every result with its provenance.
+- `oilwater_jax.sharding`: The train step, evaluation and per-example gradients with the batch split over all local devices (a `jax.sharding` mesh), with no change to the methods.
 - `oilwater_jax.tables`: Our mean ± std over seeds beside the paper's, with a mark for each of the paper's claims, in Markdown and HTML; and Figure 1 as a PNG.
 - `oilwater_jax.theory`: The formulas of our loss-based identification results as small functions: the linear-Gaussian model's margins, AUC and IDNF curves, the removal curve and the exact rates of other removal rules, the amplified poison share, the DKW band and cross-fitting, the twin-world distances, reference robust aggregators, and the simulation helpers that check them.
 - `oilwater_jax.train`: A jitted train step with per-sample loss weights, batched group evaluation, model selection by validation WGA, checkpoints, and deterministic runs from an explicit key."""

@@ -42,10 +42,11 @@ class HybridPolicy:
     im2col_max_output: int = 2 # outputs at most this size on both sides: im2col + one matmul, forward and backward
     wgrad_min_channels: int = 64 # im2col weight gradient (`custom_vjp`) only for at least this many output channels
     wgrad_min_positions: int = 1024 # ... and at least this many output positions per image (32×32); else XLA's conv
+    wgrad_min_in_channels: int = 16 # ... and at least this many input channels (the 3-channel stem: XLA's conv)
     slice_max_pool: bool = False # max-pool as a maximum over shifted slices instead of XLA's `reduce_window`
 
 HYBRID = HybridPolicy() # the measured default
-HYBRID_ALL_PATHS = HybridPolicy(wgrad_min_channels=0, wgrad_min_positions=0, slice_max_pool=True) # every replacement on
+HYBRID_ALL_PATHS = HybridPolicy(wgrad_min_channels=0, wgrad_min_positions=0, wgrad_min_in_channels=0, slice_max_pool=True) # every replacement on
 
 def _pairs(padding) -> Padding:
     return tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -140,7 +141,7 @@ def conv2d(x: jax.Array, # [n, h, w, c_in]
     ow = _out_size(x.shape[2], kw, strides[1], padding[1])
     if oh <= policy.im2col_max_output and ow <= policy.im2col_max_output:
         return im2col(x, (kh, kw), strides, padding) @ kernel.reshape(kh*kw*c_in, c_out)
-    if c_out >= policy.wgrad_min_channels and oh*ow >= policy.wgrad_min_positions:
+    if c_out >= policy.wgrad_min_channels and oh*ow >= policy.wgrad_min_positions and c_in >= policy.wgrad_min_in_channels:
         return _conv(x, kernel, strides, padding)
     return lax_conv(x, kernel, strides, padding)
 
