@@ -6,6 +6,7 @@ Modules:
 - `oilwater_jax.cli`: `oilwater`: list, inspect and prepare the data sets, train ERM, reproduce the paper's tables, render them and build the docs, with errors that say what to type instead.
 - `oilwater_jax.convert`: Read a user's torchvision ResNet state_dict (`.pth` without PyTorch, `.npz`, `.safetensors`) into Flax variables, optionally with a fresh head.
 - `oilwater_jax.data`: A procedural Waterbirds-like data set with exactly Waterbirds' groups: bird shape is the label, the background is the shortcut. Generated with NumPy from a seed, cached once, and the default data set of every experiment.
+- `oilwater_jax.epic`: Cluster every class in gradient space, drop the medoids that nobody else joins, repeat during training (Yang et al., 2022); with the paper's interventions that never drop, or drop early, the under-represented samples.
 - `oilwater_jax.experiments`: Every table and figure of the paper as a list of rows: what each row means, the paper's numbers with their source, the qualitative claim the row supports, and presets that make a row runnable.
 - `oilwater_jax.george`: Cluster each class in the feature space of an ERM model and run group DRO over the clusters (Sohoni et al., 2020); with the paper's interventions that keep poisons out of, or force them into, the smallest cluster.
 - `oilwater_jax.gradient_matching`: Witches' Brew (Geiping et al., 2021): clean-label poisons whose training gradient points where the targets' adversarial gradient points, crafted in pure JAX.
