@@ -7,6 +7,7 @@ Modules:
 - `oilwater_jax.convert`: Read a user's torchvision ResNet state_dict (`.pth` without PyTorch, `.npz`, `.safetensors`) into Flax variables, optionally with a fresh head.
 - `oilwater_jax.data`: A procedural Waterbirds-like data set with exactly Waterbirds' groups: bird shape is the label, the background is the shortcut. Generated with NumPy from a seed, cached once, and the default data set of every experiment.
 - `oilwater_jax.epic`: Cluster every class in gradient space, drop the medoids that nobody else joins, repeat during training (Yang et al., 2022); with the paper's interventions that never drop, or drop early, the under-represented samples.
+- `oilwater_jax.epic_jtt`: EPIC flags potential poisons, JTT keeps them out of its upsampled set: can a defense and a group robustness method be combined? Appendix A.4, Table 12.
 - `oilwater_jax.experiments`: Every table and figure of the paper as a list of rows: what each row means, the paper's numbers with their source, the qualitative claim the row supports, and presets that make a row runnable.
 - `oilwater_jax.george`: Cluster each class in the feature space of an ERM model and run group DRO over the clusters (Sohoni et al., 2020); with the paper's interventions that keep poisons out of, or force them into, the smallest cluster.
 - `oilwater_jax.gradient_matching`: Witches' Brew (Geiping et al., 2021): clean-label poisons whose training gradient points where the targets' adversarial gradient points, crafted in pure JAX.
@@ -19,6 +20,7 @@ Modules:
 - `oilwater_jax.poisons`: Poisoned training sets that remember where every sample came from, the dirty-label backdoor (DLBD) and the sub-population attack (SA), and their attack success rates.
 - `oilwater_jax.real_data`: Waterbirds and CelebA from the files users actually have: parsed strictly, prepared once into an array_record cache, and loaded as a `GroupDataset`.
 - `oilwater_jax.runner`: Methods register themselves by name; the runner executes the missing cells (row × seed) of a table, caches shared stages, survives interruptions and records every result with its provenance.
+- `oilwater_jax.strip`: Superimpose an input with clean images and average the entropy of the predictions: a backdoored input keeps its target label whatever is blended in, so its entropy is low (Gao et al., 2019). Appendix A.3, Table 11.
 - `oilwater_jax.tables`: Our mean ± std over seeds beside the paper's, with a mark for each of the paper's claims, in Markdown and HTML; and Figure 1 as a PNG.
 - `oilwater_jax.theory`: The formulas of our loss-based identification results as small functions: the linear-Gaussian model's margins, AUC and IDNF curves, the removal curve, the amplified poison share, the DKW band, the twin-world distances, and the simulation helpers that check them.
 - `oilwater_jax.train`: A jitted train step with per-sample loss weights, batched group evaluation, model selection by validation WGA, checkpoints, and deterministic runs from an explicit key."""
