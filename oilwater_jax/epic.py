@@ -21,23 +21,32 @@ from .cells import Cell, cell_data, stage_config, accuracy_metrics, attack_resul
 from . import pipeline
 
 # %% auto #0
-__all__ = ['WORST_READINGS', 'WORST_READING', 'ELMF_ROLES', 'proxy_similarity', 'facility_location_greedy',
-           'facility_location_bruteforce', 'EpicSelection', 'class_budgets', 'epic_select', 'reference_cluster_ids',
-           'EpicRun', 'epic_train', 'under_represented', 'intervention_masks', 'elmf_curves', 'epic_stage',
-           'standard_eliminations', 'run_epic']
+__all__ = ['EXACT_DIM', 'TIE_TOLERANCE', 'WORST_READINGS', 'WORST_READING', 'ELMF_ROLES', 'proxy_similarity',
+           'facility_location_greedy', 'facility_location_bruteforce', 'EpicSelection', 'class_budgets', 'epic_select',
+           'reference_cluster_ids', 'EpicRun', 'epic_train', 'under_represented', 'intervention_masks', 'elmf_curves',
+           'epic_stage', 'standard_eliminations', 'run_epic']
 
 # %% ../nbs/30_epic.ipynb #b61f4ac4
+EXACT_DIM = 32 # proxies of at most this dimension get elementwise distances (bit-identical rows for equal proxies)
+
 @jax.jit
 def proxy_similarity(g: jax.Array, # float [n, d], one proxy per sample
                     ) -> jax.Array:
     "float32 [n, n]: s_ij = exp(-‖g_i − g_j‖ / d), the reference's Euclidean kernel."
     g = g.astype(jnp.float32)
-    sq = jnp.sum(g * g, axis=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (g @ g.T)
-    d2 = jnp.where(d2 <= 1e-5 * (sq[:, None] + sq[None, :]), 0.0, d2)
-    return jnp.exp(-jnp.sqrt(d2) / g.shape[1])
+    n, d = g.shape
+    if d <= EXACT_DIM:   # Σ_t (g_it − g_jt)², in row blocks: equal proxies give bit-identical rows and columns
+        rows = g.reshape(-1, 128, d) if n % 128 == 0 else g[None]
+        d2 = jax.lax.map(lambda b: jnp.sum((b[:, None, :] - g[None, :, :]) ** 2, axis=-1), rows).reshape(n, n)
+    else:                # the Gram matrix; squared distances below its float32 rounding count as 0
+        sq = jnp.sum(g * g, axis=1)
+        d2 = sq[:, None] + sq[None, :] - 2.0 * (g @ g.T)
+        d2 = jnp.where(d2 <= 1e-5 * (sq[:, None] + sq[None, :]), 0.0, d2)
+    return jnp.exp(-jnp.sqrt(d2) / d)
 
 # %% ../nbs/30_epic.ipynb #bb53ff4e
+TIE_TOLERANCE = 1e-5 # gains within this relative distance of the best tie (float32 sums of n terms)
+
 @jax.jit
 def _greedy(S, valid, budget):
     n = S.shape[0]
@@ -47,8 +56,9 @@ def _greedy(S, valid, budget):
         t, cover, chosen, order, _ = c
         gains = jnp.sum(jnp.maximum(S - cover[:, None], 0.0), axis=0)
         gains = jnp.where(valid & ~chosen, gains, -jnp.inf)
-        j = jnp.argmax(gains)
-        take = gains[j] > 0
+        best = jnp.max(gains)
+        j = jnp.argmax(gains >= best - TIE_TOLERANCE * jnp.abs(best))   # the lowest index among (float32) ties
+        take = best > 0
         return (t + take.astype(jnp.int32), jnp.where(take, jnp.maximum(cover, S[:, j]), cover),
                 chosen.at[j].set(chosen[j] | take), order.at[t].set(jnp.where(take, j, -1)), ~take)
     init = (jnp.int32(0), jnp.zeros(n, jnp.float32), jnp.zeros(n, bool), jnp.full(n, -1, jnp.int32), jnp.bool_(False))
