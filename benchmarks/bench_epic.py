@@ -95,6 +95,16 @@ def bench_select(n, args):
     return dict(n=n, seconds=sec, first_call_s=first, **timings, load_average=os.getloadavg()[0])
 
 
+def save(res, args):
+    "Write what has been measured so far (a long round may be stopped before the end)."
+    if not args.out: return
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    out = dict(res)
+    if args.skip_grads: out["grads"] = old.get("grads", [])
+    if args.skip_select: out["select"] = old.get("select", [])
+    Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
+
+
 def main(argv=None):
     args = parse_args(argv)
     import jax
@@ -111,17 +121,15 @@ def main(argv=None):
             r.update(bench_grads_torch(name, px, args)); r["speedup"] = r["jax_per_s"] / r["torch_per_s"]
             print(f"per-example grads {name} @ {px}px: JAX {r['jax_per_s']:.1f}/s, torch.func {r['torch_per_s']:.1f}/s, "
                   f"speedup {r['speedup']:.2f} (compile {r['jax_compile_s']:.1f} s, load {r['load_average_jax']:.1f}/{r['load_average_torch']:.1f})", flush=True)
+            save(res, args)
     if not args.skip_select:
         for n in args.sizes:
             r = bench_select(n, args); res["select"].append(r)
             print(f"EPIC round n={n}: {r['seconds']:.2f} s (proxy {r['proxy_s']:.2f} s, selection {r['select_s']:.2f} s; "
                   f"{r['medoids']} medoids, {r['eliminated']} eliminated; first call {r['first_call_s']:.1f} s, load {r['load_average']:.1f})", flush=True)
+            save(res, args)
     info["load_average_end"] = os.getloadavg()
-    if args.out:
-        old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-        if args.skip_grads: res["grads"] = old.get("grads", [])
-        if args.skip_select: res["select"] = old.get("select", [])
-        Path(args.out).write_text(json.dumps(res, indent=2, default=float) + "\n")
+    save(res, args)
     return res
 
 
