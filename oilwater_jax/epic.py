@@ -152,11 +152,12 @@ class EpicRun(NamedTuple):
     "An EPIC training run and what it eliminated."
     fit: FitResult # the training run (model selected by validation WGA)
     rounds: list # bool [n_train] per elimination round: the samples eliminated in that round
+    n_train: int # training samples (the length of every mask)
 
     @property
     def eliminated(self) -> np.ndarray:
         "bool [n_train]: eliminated in any round."
-        return np.any(self.rounds, axis=0) if self.rounds else np.zeros(len(self.fit.last_epoch or []), bool)
+        return np.any(self.rounds, axis=0) if self.rounds else np.zeros(self.n_train, bool)
 
 def epic_train(cfg: TrainConfig, # the optimiser; `epochs` bounds the rounds
                data: GroupDataset, # all splits (training on 'train')
@@ -192,7 +193,7 @@ def epic_train(cfg: TrainConfig, # the optimiser; `epochs` bounds the rounds
         alive[new] = False; rounds.append(new)
         return np.flatnonzero(alive) if new.any() else None
     result = fit(cfg, data, key, model=model, state=state, progress=progress, before_epoch=before_epoch)
-    return EpicRun(result, rounds)
+    return EpicRun(result, rounds, n)
 
 # %% ../nbs/30_epic.ipynb #eccc3212
 WORST_READINGS = ("timing", "all")

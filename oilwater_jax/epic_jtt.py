@@ -23,8 +23,7 @@ __all__ = ['elimination_round', 'eliminated_by', 'exclude_potential_poisons', 'e
 def elimination_round(run: EpicRun, # an EPIC run
                      ) -> np.ndarray:
     "int [n_train]: the (0-based) round that eliminated each sample, −1 for never."
-    n = len(run.rounds[0]) if run.rounds else 0
-    out = np.full(n, -1, np.int32)
+    out = np.full(run.n_train, -1, np.int32)
     for r, mask in enumerate(run.rounds): out[np.asarray(mask, bool)] = r
     return out
 
