@@ -6,6 +6,8 @@ Modules:
 - `oilwater_jax.cli`: `oilwater`: list, inspect and prepare the data sets, train ERM, reproduce the paper's tables, render them and build the docs, with errors that say what to type instead.
 - `oilwater_jax.convert`: Read a user's torchvision ResNet state_dict (`.pth` without PyTorch, `.npz`, `.safetensors`) into Flax variables, optionally with a fresh head.
 - `oilwater_jax.data`: A procedural Waterbirds-like data set with exactly Waterbirds' groups: bird shape is the label, the background is the shortcut. Generated with NumPy from a seed, cached once, and the default data set of every experiment.
+- `oilwater_jax.epic`: Cluster every class in gradient space, drop the medoids that nobody else joins, repeat during training (Yang et al., 2022); with the paper's interventions that never drop, or drop early, the under-represented samples.
+- `oilwater_jax.epic_jtt`: EPIC flags potential poisons, JTT keeps them out of its upsampled set: can a defense and a group robustness method be combined? Appendix A.4, Table 12.
 - `oilwater_jax.experiments`: Every table and figure of the paper as a list of rows: what each row means, the paper's numbers with their source, the qualitative claim the row supports, and presets that make a row runnable.
 - `oilwater_jax.federated`: Robust aggregation rules (coordinate median, trimmed mean, SparseFed) against FedAvg, with clients trained in one jitted, `vmap`ped program: Appendix A.3's Table 9, and what the same rules buy against malicious clients.
 - `oilwater_jax.flower`: Our aggregation rules as a Flower strategy and our local training as a Flower client app, so that a federation with real clients runs on Flower's Deployment Engine (SuperLink and SuperNodes), not on code of ours.
@@ -21,6 +23,7 @@ Modules:
 - `oilwater_jax.real_data`: Waterbirds and CelebA from the files users actually have: parsed strictly, prepared once into an array_record cache, and loaded as a `GroupDataset`.
 - `oilwater_jax.runner`: Methods register themselves by name; the runner executes the missing cells (row × seed) of a table, caches shared stages, survives interruptions and records every result with its provenance.
 - `oilwater_jax.sharding`: The train step, evaluation and per-example gradients with the batch split over all local devices (a `jax.sharding` mesh), with no change to the methods.
+- `oilwater_jax.strip`: Superimpose an input with clean images and average the entropy of the predictions: a backdoored input keeps its target label whatever is blended in, so its entropy is low (Gao et al., 2019). Appendix A.3, Table 11.
 - `oilwater_jax.tables`: Our mean ± std over seeds beside the paper's, with a mark for each of the paper's claims, in Markdown and HTML; and Figure 1 as a PNG.
 - `oilwater_jax.theory`: The formulas of our loss-based identification results as small functions: the linear-Gaussian model's margins, AUC and IDNF curves, the removal curve and the exact rates of other removal rules, the amplified poison share, the DKW band and cross-fitting, the twin-world distances, reference robust aggregators, and the simulation helpers that check them.
 - `oilwater_jax.train`: A jitted train step with per-sample loss weights, batched group evaluation, model selection by validation WGA, checkpoints, and deterministic runs from an explicit key."""

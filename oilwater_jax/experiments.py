@@ -1006,7 +1006,7 @@ SCALING_NOTES: dict[str, dict[str, str]] = {
     "fed_attack": {"paper": "Not a paper table. Table 9's federation (IID, 50 rounds) with 10% of the users malicious, holding DLBD poisons worth 5% of the clean training set.",
                    "cpu": _CPU_COMMON + " As Table 9's cpu federation (50 rounds); 2 of the 20 users hold the ≈60 poisons.", "smoke": "As Table 9's smoke federation (1 round)."},
     "table10": {"paper": "DLBD with 0.5, 1 or 2% poisons; EPIC as Table 3.", "cpu": _CPU_COMMON + " As Table 3.", "smoke": "As Table 3."},
-    "table11": {"paper": "STRIP with 100 superimposed clean images on the JTT model of Table 2 (Waterbirds, DLBD, standard); entropy in bits.",
+    "table11": {"paper": "STRIP with 100 superimposed clean images (validation images; the threshold is fitted on the others) on the JTT model of Table 2 (Waterbirds, DLBD, standard); entropy in bits of the training samples per group, poisons by provenance.",
                 "cpu": _CPU_COMMON + " 32 superimposed images.", "smoke": "4 superimposed images."},
     "table12": {"paper": "EPIC stopped after 3, 5 or 7 elimination rounds, then JTT without amplifying what EPIC flagged.",
                 "cpu": _CPU_COMMON + " EPIC 16 epochs (rounds every 2nd epoch), then JTT 6 + 10 epochs.", "smoke": "One epoch per JTT stage; EPIC 3 epochs (2 rounds), so stop = 3, 5, 7 coincide."},

@@ -15,7 +15,7 @@ import optax
 from .core import OilwaterError, check_choice, images_to_float
 
 # %% auto #0
-__all__ = ['WRT', 'example_loss', 'make_sketch', 'apply_sketch', 'per_example_grads']
+__all__ = ['WRT', 'PROXIES', 'example_loss', 'make_sketch', 'apply_sketch', 'per_example_grads', 'gradient_proxies']
 
 # %% ../nbs/11_per_example_grads.ipynb #6b303016
 WRT = ("logits", "last_layer", "params")
@@ -103,3 +103,27 @@ def per_example_grads(apply_fn: Callable, # the model's `apply` (e.g. `state.app
         g = _chunk_grads(apply_fn, variables, jnp.asarray(xc), jnp.asarray(yc), sketch, wrt, head, projection_dim)
         outs.append(jax.tree.map(lambda a: a[:m], g))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+# %% ../nbs/11_per_example_grads.ipynb #e91c0a02
+PROXIES = ("logits", "last_layer", "full")
+
+def gradient_proxies(apply_fn: Callable, # the model's `apply`
+                     variables: dict, # {'params', 'batch_stats'}
+                     images: np.ndarray, # uint8 or float [n, h, w, c], un-augmented
+                     labels: np.ndarray, # int [n]
+                     proxy: str = "logits", # "logits" (reference), "last_layer" or "full" (sketched)
+                     dim: int = 1024, # "full" only: numbers per sample after the random projection
+                     key: jax.Array | None = None, # "full" only: draws the projection
+                     chunk_size: int = 64, # samples per compiled call: bounds memory
+                     head: str = "fc", # name of the classification head in `params`
+                    ) -> np.ndarray:
+    "float32 [n, d]: one gradient proxy per sample, for clustering in gradient space."
+    check_choice(proxy, PROXIES, "proxy")
+    if proxy == "full":
+        if key is None: raise OilwaterError("gradient_proxies(proxy='full') needs a key for its random projection.")
+        out = per_example_grads(apply_fn, variables, images, labels, "params", chunk_size, dim, key, head)
+    else:
+        g = per_example_grads(apply_fn, variables, images, labels, "logits" if proxy == "logits" else "last_layer",
+                              chunk_size, head=head)
+        out = g if proxy == "logits" else jnp.concatenate([g["kernel"].reshape(len(labels), -1), g["bias"]], axis=1)
+    return np.asarray(out, np.float32)
