@@ -11,11 +11,11 @@ from pathlib import Path
 from .core import OilwaterError, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'process_notebooks', 'page_front_matter', 'page_title', 'rewrite_links',
-           'rename_to_output_files', 'write_landing_page', 'make_sidebar', 'title_cell_parts', 'restore_title_cells',
-           'record_outputs', 'inject_outputs', 'stage_docs', 'katex_cdn', 'tex_to_mathml', 'render_math',
-           'drop_remote_imports', 'localize_links', 'notebook_markdown', 'readme_header', 'fill_claims', 'write_readme',
-           'build_docs']
+__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'ESTIMATE_MARKER', 'process_notebooks', 'page_front_matter', 'page_title',
+           'rewrite_links', 'rename_to_output_files', 'write_landing_page', 'make_sidebar', 'title_cell_parts',
+           'restore_title_cells', 'record_outputs', 'inject_outputs', 'stage_docs', 'katex_cdn', 'tex_to_mathml',
+           'render_math', 'drop_remote_imports', 'localize_links', 'notebook_markdown', 'readme_header', 'fill_claims',
+           'fill_estimates', 'write_readme', 'build_docs']
 
 # %% ../nbs/95_docs.ipynb #437cf682
 @contextlib.contextmanager
@@ -429,6 +429,22 @@ def fill_claims(text: str, # Markdown holding `<!-- claims: PRESET -->` markers
     results = Results.load(results_dir)
     return CLAIMS_MARKER.sub(lambda m: f"{m.group(0)}\n\n{claims_summary(results, m.group(1))}", text)
 
+ESTIMATE_MARKER = re.compile(r"<!-- estimate: (\w+)((?: \w+)*) -->") # README: a preset's (and tables') cell count and time estimate
+
+def fill_estimates(text: str, # Markdown holding `<!-- estimate: PRESET [TABLE ...] -->` markers (no tables: all)
+                   results_dir: str | Path, # the results folder whose measured cell times the estimate uses
+                  ) -> str:
+    "The text with each estimate marker followed by the preset's cell count and estimated time for every table (`runner.plan`)."
+    if not ESTIMATE_MARKER.search(text): return text
+    from oilwater_jax.runner import plan, load_methods
+    from oilwater_jax.experiments import format_seconds
+    load_methods()
+    def one(m):
+        tables = m.group(2).split() or "all"
+        cells = [c for c in plan(tables, m.group(1), results_dir=results_dir).cells if c.status != "not implemented"]
+        return f"{m.group(0)}: {len(cells)} cells, **about {format_seconds(sum(c.estimate for c in cells))}** on 2 cores by its own estimate"
+    return ESTIMATE_MARKER.sub(one, text)
+
 def write_readme(project: str | Path | None = None, # the project root; None: found from the working directory
                  results_dir: str | Path = "results", # where the claim counts come from (relative: under the project root)
                 ) -> Path:
@@ -438,7 +454,7 @@ def write_readme(project: str | Path | None = None, # the project root; None: fo
     if not nb.exists(): raise OilwaterError(f"{nb}: no such notebook (readme_nb in [tool.nbdev]).")
     out = cfg.config_path/"README.md"
     res = Path(results_dir) if Path(results_dir).is_absolute() else cfg.config_path/results_dir
-    body = fill_claims(notebook_markdown(nb), res)
+    body = fill_estimates(fill_claims(notebook_markdown(nb), res), res)
     atomic_write_bytes(out, (readme_header(nb.relative_to(cfg.config_path).as_posix()) + body).encode("utf-8"))
     return out
 
