@@ -201,10 +201,10 @@ WORST_READING = "timing" # worst case: U-samples standard EPIC eliminates, moved
 
 def under_represented(group_ids: np.ndarray, # int [n], ground-truth group (poisons: their base's)
                       is_poison: np.ndarray | None, # bool [n] or None
-                      roles: dict, # role -> group ids (LRG-1, LRG-2, HRG)
+                      roles: dict, # role -> group ids (LRG-1, HRG, and LRG-2 where the data set has one)
                      ) -> np.ndarray:
-    "bool [n]: clean samples of the under-represented groups LRG-1 and LRG-2."
-    u = np.isin(group_ids, tuple(roles["LRG-1"]) + tuple(roles["LRG-2"]))
+    "bool [n]: clean samples of the under-represented groups LRG-1 and LRG-2 (CelebA has no LRG-2: Section 2.2)."
+    u = np.isin(group_ids, tuple(roles["LRG-1"]) + tuple(roles.get("LRG-2", ())))
     return u if is_poison is None else u & ~np.asarray(is_poison, bool)
 
 def intervention_masks(case: str, # "standard", "ideal" or "worst"

@@ -363,7 +363,7 @@ def minority_groups(data: str, # the row's data set
     "The under-represented groups (LRG-1 and LRG-2) of a data set."
     from oilwater_jax.poisons import ROLES_BY_DATASET
     roles = ROLES_BY_DATASET[check_choice(data, tuple(ROLES_BY_DATASET), "data")]
-    return tuple(sorted(roles["LRG-1"] + roles["LRG-2"]))
+    return tuple(sorted(roles["LRG-1"] + roles.get("LRG-2", ())))  # CelebA has no LRG-2 (Section 2.2)
 
 def cell_partition(cfg: RunConfig, # the cell's config (`row.iid`, `fed`)
                    train: GroupDataset, # the training split (poisons included under attack)

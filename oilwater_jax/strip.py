@@ -93,7 +93,7 @@ def strip_report(scores: np.ndarray, # float [n], STRIP scores of the inputs
                 ) -> dict:
     "Mean and std of the entropy, fraction flagged (%) and poisons' AUC, per group."
     scores, is_poison = np.asarray(scores), np.asarray(is_poison, bool)
-    sets = {k: ~is_poison & np.isin(group_ids, roles[r]) for k, r in STRIP_GROUPS.items()}
+    sets = {k: ~is_poison & np.isin(group_ids, roles.get(r, ())) for k, r in STRIP_GROUPS.items()}  # no LRG-2 on CelebA
     sets["poisons"] = is_poison
     out = {"strip_threshold": threshold}
     for k, m in sets.items():
