@@ -22,15 +22,15 @@ from .train import TrainConfig, TrainState, create_train_state, epoch_batches, p
 
 # %% auto #0
 __all__ = ['CORPUS_DOMAIN', 'CORPUS_VERSION', 'CORPUS_BLOCK', 'POLAR_SHAPES', 'SDF_SHAPES', 'CORPUS_CLASSES', 'BACKGROUNDS',
-           'BACKGROUND_FAMILIES', 'CPU_PRETRAIN', 'corpus_rng', 'object_sdf', 'sample_corpus_scenes', 'render_corpus',
-           'CorpusConfig', 'Corpus', 'generate_corpus', 'corpus_cache_path', 'corpus_checksum', 'load_corpus',
-           'show_corpus', 'PretrainConfig', 'PretrainResult', 'pretrain', 'pretrained_checkpoint_path',
-           'save_variables', 'load_variables', 'load_or_pretrain', 'corpus_pretrain_config', 'with_new_head',
-           'linear_probe']
+           'BACKGROUND_FAMILIES', 'PRETRAIN_VERSION', 'CPU_PRETRAIN', 'corpus_rng', 'object_sdf',
+           'sample_corpus_scenes', 'render_corpus', 'CorpusConfig', 'Corpus', 'generate_corpus', 'corpus_cache_path',
+           'corpus_checksum', 'load_corpus', 'show_corpus', 'PretrainConfig', 'PretrainResult', 'pretrain_optimizer',
+           'pretrain', 'pretrained_checkpoint_path', 'save_variables', 'load_variables', 'load_or_pretrain',
+           'corpus_pretrain_config', 'with_new_head', 'linear_probe']
 
 # %% ../nbs/09_pretrain.ipynb #12cfc3fa
 CORPUS_DOMAIN = 0x5EED_C0DE # the spawn key of every corpus generator: a seed domain no evaluation set draws from
-CORPUS_VERSION = 1 # bump when a change to the drawing code changes the corpus (it keys the cache and the checkpoints)
+CORPUS_VERSION = 2 # bump when a change to the drawing code changes the corpus (it keys the cache and the checkpoints)
 CORPUS_BLOCK = 512 # images per random block: an image depends on (seed, index) only
 
 def corpus_rng(seed: int, # the corpus seed
@@ -97,7 +97,9 @@ def sample_corpus_scenes(rng: np.random.Generator, # the block's scene generator
     u = lambda lo, hi, *shape: rng.uniform(lo, hi, (n, *shape)).astype(F32)
     P = {"labels": np.asarray(labels, np.int32), "background": rng.integers(0, len(BACKGROUNDS), n).astype(np.int32)}
     P["radius"], P["centre"], P["rotation"], P["aspect"] = u(0.18, 0.36), u(0.3, 0.7, 2), u(0, 2*np.pi), u(0.7, 1.3)
-    P["colours"] = hsv_to_rgb(u(0, 1, 4), u(0, 1, 4), u(0.1, 1, 4)) # object, object texture, background 1 and 2
+    light = u(0, 1)[:, None] < 0.5 # a light object on a dark background, or a dark one on a light background
+    value = np.where(light, np.c_[u(0.65, 1, 2), u(0.1, 0.4, 2)], np.c_[u(0.1, 0.4, 2), u(0.65, 1, 2)])
+    P["colours"] = hsv_to_rgb(u(0, 1, 4), u(0, 1, 4), value) # object, object texture, background 1 and 2
     P["texture"], P["texture_freq"], P["texture_angle"] = rng.integers(0, 4, n).astype(np.int32), u(3, 8), u(0, np.pi)
     P["freq"], P["angle"], P["phase"], P["cx"], P["cy"] = u(2, 7), u(0, 2*np.pi), u(0, 1), u(0, 1), u(0, 1)
     P["coarse_lattice"], P["fine_lattice"], P["object_lattice"] = u(0, 1, 5, 5), u(0, 1, 13, 13), u(0, 1, 7, 7)
@@ -247,9 +249,9 @@ class PretrainConfig:
     "Pretraining the cpu model on the generated corpus."
     corpus: CorpusConfig = CorpusConfig() # the corpus
     model: str = DEFAULT_CPU_MODEL # name in `models.MODELS` (the model a preset fine-tunes)
-    epochs: int = 6 # passes over the corpus's training split
+    epochs: int = 20 # passes over the corpus's training split
     batch_size: int = 128 # images per SGD step
-    learning_rate: float = 0.05 # SGD step size
+    learning_rate: float = 0.05 # SGD step size at the start (cosine decay to 0)
     momentum: float = 0.9 # heavy-ball momentum
     weight_decay: float = 5e-4 # L2 added to the gradient
     seed: int = 0 # initialisation and batch order
@@ -276,7 +278,15 @@ class PretrainResult(NamedTuple):
     history: list # one dict per epoch: train_loss, val_acc, seconds
     seconds: float # wall time
 
-# %% ../nbs/09_pretrain.ipynb #fa2687b9
+# %% ../nbs/09_pretrain.ipynb #a13f57af
+def pretrain_optimizer(cfg: PretrainConfig, # the settings
+                       n_steps: int, # SGD steps of the whole run
+                      ):
+    "SGD with momentum and weight decay, its learning rate on a cosine decay to 0 over `n_steps` (as ImageNet recipes)."
+    import optax
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                       optax.sgd(optax.cosine_decay_schedule(cfg.learning_rate, n_steps), momentum=cfg.momentum or None))
+
 def pretrain(cfg: PretrainConfig, # what to train
              progress: bool = True, # print the estimate and show a progress bar
              corpus: Corpus | None = None, # the corpus (default: `load_corpus(cfg.corpus)`)
@@ -288,9 +298,11 @@ def pretrain(cfg: PretrainConfig, # what to train
     key = jax.random.key(cfg.seed)
     init_key, order_key = jax.random.split(key)
     model = make_model(cfg.model, num_classes=cfg.corpus.n_classes)
-    state = create_train_state(init_key, model, train.images.shape[1:], cfg.train_config())
-    images, labels = jax.device_put(train.images), jax.device_put(train.labels)
     n_steps = cfg.epochs*(-(-len(train.labels)//cfg.batch_size))
+    state = create_train_state(init_key, model, train.images.shape[1:], cfg.train_config())
+    tx = pretrain_optimizer(cfg, n_steps)
+    state = state.replace(tx=tx, opt_state=tx.init(state.params))
+    images, labels = jax.device_put(train.images), jax.device_put(train.labels)
     history, step, t_first = [], 0, None
     bar = tqdm(total=n_steps, desc=f"pretrain {cfg.model}", disable=not progress, leave=False)
     for epoch in range(1, cfg.epochs + 1):
@@ -314,10 +326,12 @@ def pretrain(cfg: PretrainConfig, # what to train
     bar.close()
     return PretrainResult(state, history, time.perf_counter() - t0)
 
-# %% ../nbs/09_pretrain.ipynb #828a1013
+# %% ../nbs/09_pretrain.ipynb #23e19688
+PRETRAIN_VERSION = 2 # bump when a change to `pretrain` changes the weights it trains (it keys the checkpoints)
+
 def pretrained_checkpoint_path(cfg: PretrainConfig) -> Path:
     "The checkpoint folder of `cfg` in the cache."
-    return cache_dir("pretrained")/f"{cfg.model}-c{CORPUS_VERSION}-{config_hash('pretrain', CORPUS_VERSION, cfg)}"
+    return cache_dir("pretrained")/f"{cfg.model}-c{CORPUS_VERSION}-{config_hash('pretrain', CORPUS_VERSION, PRETRAIN_VERSION, cfg)}"
 
 def save_variables(path: str | Path, # the checkpoint folder to create (replaced if it exists)
                    variables: dict, # `{'params', 'batch_stats'}`
