@@ -7,7 +7,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/pretrain.html.md"""
 
 # %% ../nbs/09_pretrain.ipynb #5e2ca835
 from __future__ import annotations
-import dataclasses, json, os, shutil, time
+import dataclasses, functools, json, os, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .core import OilwaterError, atomic_save_npz, atomic_write_json, cache_dir, config_hash, to_json
 from .data import (F32, per_image, image_grid, rotate, ellipse_sdf, capsule_sdf, coverage, value_noise,
                                hsv_to_rgb, finish_images, pixel_centers)
-from .models import DEFAULT_CPU_MODEL, make_model
+from .models import DEFAULT_CPU_MODEL, init_model, make_model
 from .train import TrainConfig, TrainState, create_train_state, epoch_batches, predict, train_step
 
 # %% auto #0
@@ -283,9 +283,14 @@ def pretrain_optimizer(cfg: PretrainConfig, # the settings
                        n_steps: int, # SGD steps of the whole run
                       ):
     "SGD with momentum and weight decay, its learning rate on a cosine decay to 0 over `n_steps` (as ImageNet recipes)."
+    return _cosine_sgd(cfg.learning_rate, cfg.momentum, cfg.weight_decay, n_steps)
+
+@functools.lru_cache(maxsize=16)
+def _cosine_sgd(learning_rate, momentum, weight_decay, n_steps):
+    "One optimiser object per setting, so that runs with equal settings reuse `train_step`'s compilation (`tx` is static)."
     import optax
-    return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                       optax.sgd(optax.cosine_decay_schedule(cfg.learning_rate, n_steps), momentum=cfg.momentum or None))
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(optax.cosine_decay_schedule(learning_rate, n_steps), momentum=momentum or None))
 
 def pretrain(cfg: PretrainConfig, # what to train
              progress: bool = True, # print the estimate and show a progress bar
@@ -299,9 +304,9 @@ def pretrain(cfg: PretrainConfig, # what to train
     init_key, order_key = jax.random.split(key)
     model = make_model(cfg.model, num_classes=cfg.corpus.n_classes)
     n_steps = cfg.epochs*(-(-len(train.labels)//cfg.batch_size))
-    state = create_train_state(init_key, model, train.images.shape[1:], cfg.train_config())
-    tx = pretrain_optimizer(cfg, n_steps)
-    state = state.replace(tx=tx, opt_state=tx.init(state.params))
+    variables, tx = init_model(model, init_key, train.images.shape[1:]), pretrain_optimizer(cfg, n_steps)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats=variables["batch_stats"],
+                       opt_state=tx.init(variables["params"]), apply_fn=model.apply, tx=tx)
     images, labels = jax.device_put(train.images), jax.device_put(train.labels)
     history, step, t_first = [], 0, None
     bar = tqdm(total=n_steps, desc=f"pretrain {cfg.model}", disable=not progress, leave=False)
@@ -354,7 +359,7 @@ def save_variables(path: str | Path, # the checkpoint folder to create (replaced
     return path
 
 def load_variables(path: str | Path, # a folder written by `save_variables`
-                   template: dict, # variables of the same model (shapes and dtypes)
+                   template: dict | None = None, # variables of the same model (shapes and dtypes); None: as saved
                   ) -> dict:
     "Restore `{'params', 'batch_stats'}` from an Orbax checkpoint folder."
     import orbax.checkpoint as ocp
@@ -362,6 +367,7 @@ def load_variables(path: str | Path, # a folder written by `save_variables`
     if not (path/"variables").is_dir(): raise OilwaterError(f"Checkpoint {path} does not exist or is incomplete.")
     try:
         with ocp.StandardCheckpointer() as ckpt:
+            if template is None: return ckpt.restore(path/"variables")
             return ckpt.restore(path/"variables", jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(template)))
     except Exception as e: raise OilwaterError(f"Checkpoint {path} is unreadable or not for this model: {e}") from e
 
@@ -371,11 +377,7 @@ def load_or_pretrain(cfg: PretrainConfig, # what to train
                     ) -> tuple[dict, dict]:
     "The pretrained `{'params', 'batch_stats'}` of `cfg` and its metadata, trained and cached on first use."
     path = pretrained_checkpoint_path(cfg)
-    model = make_model(cfg.model, num_classes=cfg.corpus.n_classes)
-    if (path/"meta.json").exists():
-        template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, cfg.corpus.image_size,
-                                                     cfg.corpus.image_size, 3)), train=False))
-        return load_variables(path, template), json.loads((path/"meta.json").read_text())
+    if (path/"meta.json").exists(): return load_variables(path), json.loads((path/"meta.json").read_text())
     if progress: print(f"no pretrained {cfg.model} for this corpus in the cache: pretraining it once ({path})")
     result = pretrain(cfg, progress)
     meta = {"config": json.loads(to_json(cfg)), "corpus_version": CORPUS_VERSION, "history": result.history,
