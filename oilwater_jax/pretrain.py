@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses, functools, json, os, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 import numpy as np
 import jax, jax.numpy as jnp
 from tqdm.auto import tqdm
 from .core import OilwaterError, atomic_save_npz, atomic_write_json, cache_dir, config_hash, to_json
-from .data import (F32, per_image, image_grid, rotate, ellipse_sdf, capsule_sdf, coverage, value_noise,
-                               hsv_to_rgb, finish_images, pixel_centers)
+from .data import F32, per_image, image_grid, rotate, coverage, value_noise, hsv_to_rgb, finish_images
 from .models import DEFAULT_CPU_MODEL, init_model, make_model
 from .train import TrainConfig, TrainState, create_train_state, epoch_batches, predict, train_step
 
@@ -331,8 +330,8 @@ def pretrain(cfg: PretrainConfig, # what to train
     bar.close()
     return PretrainResult(state, history, time.perf_counter() - t0)
 
-# %% ../nbs/09_pretrain.ipynb #23e19688
-PRETRAIN_VERSION = 2 # bump when a change to `pretrain` changes the weights it trains (it keys the checkpoints)
+# %% ../nbs/09_pretrain.ipynb #06312037
+PRETRAIN_VERSION = 3 # bump when a change to `pretrain` changes the weights it trains (it keys the checkpoints)
 
 def pretrained_checkpoint_path(cfg: PretrainConfig) -> Path:
     "The checkpoint folder of `cfg` in the cache."
