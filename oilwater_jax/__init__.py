@@ -20,6 +20,7 @@ Modules:
 - `oilwater_jax.per_example`: The loss gradient of every training sample with respect to the logits, the last layer or all parameters, in bounded memory, optionally sketched to a few thousand numbers.
 - `oilwater_jax.pipeline`: From a preset's `RunConfig` to the things every method needs: the cell's data, each stage's optimiser, its keys, and its initial weights.
 - `oilwater_jax.poisons`: Poisoned training sets that remember where every sample came from, the dirty-label backdoor (DLBD) and the sub-population attack (SA), and their attack success rates.
+- `oilwater_jax.pretrain`: An ImageNet stand-in for the cpu preset: many object classes on many background families, generated from a seed, and the cpu ResNet pretrained on it (Orbax checkpoint in the cache), so that a preset can fine-tune as the paper does.
 - `oilwater_jax.real_data`: Waterbirds and CelebA from the files users actually have: parsed strictly, prepared once into an array_record cache, and loaded as a `GroupDataset`.
 - `oilwater_jax.runner`: Methods register themselves by name; the runner executes the missing cells (row × seed) of a table, caches shared stages, survives interruptions and records every result with its provenance.
 - `oilwater_jax.sharding`: The train step, evaluation and per-example gradients with the batch split over all local devices (a `jax.sharding` mesh), with no change to the methods.

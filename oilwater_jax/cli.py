@@ -9,7 +9,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/cli.html.md"""
 __all__ = ['ENVIRONMENT', 'ENV_HELP', 'app', 'data_app', 'train_app', 'INTERRUPTED', 'TABLES_HELP', 'fed_app', 'join_seeds',
            'parse_seeds', 'run_cli', 'main', 'dataset_names', 'load_data', 'group_counts_table', 'data_list',
            'check_output_file', 'data_show', 'prepare_data', 'data_prepare', 'metrics_record', 'format_group_table',
-           'train_erm', 'reproduce_cmd', 'tables_cmd', 'docs_cmd', 'readme_cmd', 'fed_show']
+           'train_erm', 'pretrain_cmd', 'reproduce_cmd', 'tables_cmd', 'docs_cmd', 'readme_cmd', 'fed_show']
 
 # %% ../nbs/90_cli.ipynb #933a1558
 import dataclasses, functools, inspect, io, math, os, re, sys, time
@@ -329,6 +329,34 @@ def train_erm(data: str = typer.Option("synthetic-waterbirds", "--data", help="D
                              f"{data}, test split (epoch {result.best_epoch} of {cfg.epochs}, selected by {select_by}, "
                              f"{result.seconds:.1f} s)"))
     print(f"wrote {out}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb #bfc7822c
+@app.command("pretrain")
+@_interruptible
+def pretrain_cmd(model: str = typer.Option("resnet18_w16", help="Model to pretrain (a name in models.MODELS)."),
+                 size: int = typer.Option(32, "--size", help="Image side in pixels (the preset's)."),
+                 epochs: Optional[int] = typer.Option(None, help="Epochs (default: PretrainConfig's)."),
+                 seed: int = typer.Option(0, help="Seed of the initialisation and batch order."),
+                 smoke: bool = typer.Option(False, "--smoke", help="The tiny test configuration (seconds)."),
+                 progress: bool = typer.Option(True, help="Show the estimate and a progress bar."),
+                ):
+    "Pretrain the cpu model on the generated corpus (once: the checkpoint is cached) and print its curve."
+    from oilwater_jax.core import OilwaterError, check_choice
+    from oilwater_jax.models import MODELS
+    from oilwater_jax.pretrain import PretrainConfig, CorpusConfig, load_or_pretrain, pretrained_checkpoint_path
+    check_choice(model, tuple(MODELS), "--model")
+    if size < 8: raise OilwaterError(f"--size must be >= 8, got {size}.")
+    base = PretrainConfig.smoke() if smoke else PretrainConfig()
+    cfg = dataclasses.replace(base, model=model, seed=seed, corpus=dataclasses.replace(base.corpus, image_size=size),
+                              **({} if epochs is None else {"epochs": epochs}))
+    path = pretrained_checkpoint_path(cfg)
+    cached = (path/"meta.json").exists()
+    _, meta = load_or_pretrain(cfg, progress=progress)
+    for row in meta["history"]:
+        print(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, validation accuracy {100*row['val_acc']:.1f}%")
+    done = "already cached" if cached else f"pretrained in {meta['seconds']:.1f} s"
+    print(f"{done}: {path}")
     return 0
 
 # %% ../nbs/90_cli.ipynb #ae22e9f1

@@ -11,14 +11,14 @@ import dataclasses, os, zlib
 from pathlib import Path
 import jax
 import numpy as np
-from .core import OilwaterError, GroupDataset, SPLITS, cache_dir
+from .core import OilwaterError, GroupDataset, SPLITS, cache_dir, check_choice
 from .data import load_dataset
 from .experiments import RunConfig, make_row, get_preset
 from .metrics import adjusted_accuracy
-from .train import TrainConfig, TrainState, FitResult, create_train_state
+from .train import TrainConfig, TrainState, FitResult, create_train_state, resolve_model
 
 # %% auto #0
-__all__ = ['SYNTHETIC_NAMES', 'SUBSAMPLE_SEED', 'ADJUSTED_ACC_DATA', 'stratified_keep', 'data_root', 'run_data',
+__all__ = ['SYNTHETIC_NAMES', 'SUBSAMPLE_SEED', 'ADJUSTED_ACC_DATA', 'INITS', 'stratified_keep', 'data_root', 'run_data',
            'stage_train_config', 'stage_key', 'percent_metrics', 'pretrained_path', 'initial_state']
 
 # %% ../nbs/07_pipeline.ipynb #28757daf
@@ -123,13 +123,21 @@ def pretrained_path(arch: str, # "resnet18" or "resnet50"
         if (p := Path(base) / f"{arch}{suffix}").exists(): return p
     raise OilwaterError(f"{base}: no {arch}.pth, {arch}.npz or {arch}.safetensors (OILWATER_WEIGHTS).")
 
+INITS = ("scratch", "imagenet", "corpus") # from scratch, the user's ImageNet weights, the generated corpus's weights
+
 def initial_state(cfg: RunConfig, # the cell's config
                   train_cfg: TrainConfig, # the stage's optimiser
                   data: GroupDataset, # the data the stage trains on (for the number of classes and image shape)
                   key: jax.Array, # initialisation key (the new head's, when pretrained)
                  ) -> TrainState | None:
-    "Pretrained weights wrapped for training (`init='imagenet'`), or None to train from scratch."
-    if cfg.init == "scratch": return None
+    "Pretrained weights wrapped for training (`init='imagenet'` or `'corpus'`), or None to train from scratch."
+    if check_choice(cfg.init, INITS, "RunConfig.init") == "scratch": return None
+    if cfg.init == "corpus":
+        from oilwater_jax.pretrain import corpus_pretrain_config, load_or_pretrain, with_new_head
+        pretrained, _ = load_or_pretrain(corpus_pretrain_config(cfg.model, cfg.image_size))
+        state = create_train_state(key, resolve_model(cfg.model, data.n_classes), data.image_shape, train_cfg)
+        variables = with_new_head(pretrained, jax.device_get(state.variables))
+        return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     from oilwater_jax.convert import load_pretrained
     model, variables = load_pretrained(pretrained_path(cfg.model), cfg.model, data.n_classes, key=key)
     state = create_train_state(key, model, data.image_shape, train_cfg)
