@@ -237,6 +237,14 @@ def test_theory_pages_math(browser, server, shots, site):
         assert _external_requests(b, server) == [], "maths must render offline"
 
 
+def test_theory_index_states_the_headline_theorem(browser, server, site):
+    "The Theory landing page of the built site opens with the boxed headline theorem, its maths rendered as MathML."
+    from test_theory_render import check_headline
+
+    assert "the-headline-theorem" in (site / "theory" / "index.html").read_text()
+    check_headline(browser, f"{server}/theory/index.html")
+
+
 def test_tutorial_page_shows_its_outputs(browser, server, shots, site):
     from selenium.webdriver.common.by import By
 

@@ -50,10 +50,14 @@ def index_url():
 
 def test_headline_theorem_rendered(index_url):
     "The first section of the Theory page states Theorem 0 in a block quote, with rendered maths and links to its proofs."
+    check_headline(*index_url)
+
+
+def check_headline(driver, url: str):
+    "The checks of the headline theorem on a served Theory page (also used by `test_docs_site` on the site it builds)."
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver, url = index_url
     driver.get(url)
     sec = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, "section#the-headline-theorem"))
     WebDriverWait(driver, 30).until(lambda d: sec.find_elements(By.CSS_SELECTOR, f"blockquote {MATH.replace(', ', ', blockquote ')}"))
