@@ -376,18 +376,22 @@ _PLUGIN = typer.Option([], "--plugin", help="Module or .py file registering extr
 def reproduce_cmd(tables: Optional[List[str]] = _TABLES,
               preset: str = typer.Option("cpu", help="Preset: smoke, cpu or paper."),
               seeds: Optional[str] = typer.Option(None, "--seeds",
-                                                  help="Seeds, e.g. --seeds 0 1 2 (default: the paper's 3; 1 for smoke)."),
+                                                  help="Seeds, e.g. --seeds 0 1 2 (default: each row's; cpu runs 5 for "
+                                                       "baseline, table1 and table2 and 3 elsewhere, paper 3, smoke 1)."),
               results: Path = typer.Option(Path("results"), "--results", help="Results folder."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Only list the cells to run and the time estimate."),
               plugin: List[str] = _PLUGIN,
               progress: bool = typer.Option(True, help="Show a progress bar."),
               root: Optional[Path] = _ROOT, weights: Optional[Path] = _WEIGHTS,
+              save_models: bool = typer.Option(False, "--save-models", help="Also keep the final model of every cell "
+                                               "this run computes, with Orbax, under RESULTS/models/ (cells already "
+                                               "done are not rerun for it)."),
              ):
     "Run the missing cells of the paper's tables under a preset (inputs checked first), then print the tables."
     _set_env("OILWATER_DATA", root); _set_env("OILWATER_WEIGHTS", weights)
     from oilwater_jax.tables import reproduce_command
     return reproduce_command(tables or ["all"], preset, parse_seeds(seeds), results, dry_run=dry_run,
-                             plugins=plugin, progress=progress)
+                             plugins=plugin, progress=progress, save_models=save_models)
 
 @app.command("tables", help="Print the tables of a results folder; with --out also write them as Markdown and HTML "
              f"(and Figure 1).\n\nTABLE: {TABLES_HELP}")

@@ -11,11 +11,12 @@ from pathlib import Path
 from .core import OilwaterError, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'ESTIMATE_MARKER', 'process_notebooks', 'page_front_matter', 'page_title',
-           'rewrite_links', 'rename_to_output_files', 'write_landing_page', 'make_sidebar', 'title_cell_parts',
-           'restore_title_cells', 'record_outputs', 'inject_outputs', 'stage_docs', 'katex_cdn', 'tex_to_mathml',
-           'render_math', 'drop_remote_imports', 'localize_links', 'notebook_markdown', 'readme_header', 'fill_claims',
-           'fill_estimates', 'write_readme', 'build_docs']
+__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'ESTIMATE_MARKER', 'TUTORIALS_GLOB', 'process_notebooks', 'page_front_matter',
+           'page_title', 'rewrite_links', 'rename_to_output_files', 'write_landing_page', 'make_sidebar',
+           'title_cell_parts', 'restore_title_cells', 'record_outputs', 'inject_outputs', 'stage_docs', 'katex_cdn',
+           'tex_to_mathml', 'render_math', 'drop_remote_imports', 'localize_links', 'notebook_markdown',
+           'readme_header', 'fill_claims', 'fill_estimates', 'write_readme', 'kernel_metadata', 'stamp_kernel_metadata',
+           'build_docs']
 
 # %% ../nbs/95_docs.ipynb #437cf682
 @contextlib.contextmanager
@@ -456,6 +457,31 @@ def write_readme(project: str | Path | None = None, # the project root; None: fo
     res = Path(results_dir) if Path(results_dir).is_absolute() else cfg.config_path/results_dir
     body = fill_estimates(fill_claims(notebook_markdown(nb), res), res)
     atomic_write_bytes(out, (readme_header(nb.relative_to(cfg.config_path).as_posix()) + body).encode("utf-8"))
+    return out
+
+# %% ../nbs/95_docs.ipynb #dd11716e
+TUTORIALS_GLOB = "tutorials/[0-9]*.ipynb" # the walkthroughs, relative to `nbs/`
+
+def kernel_metadata() -> dict:
+    "The `kernelspec` and `language_info` that JupyterLab writes when this environment's `python3` kernel starts."
+    from jupyter_client.kernelspec import KernelSpecManager
+    from ipykernel.ipkernel import IPythonKernel
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    return {"kernelspec": {"display_name": spec.display_name, "language": spec.language, "name": "python3"},
+            "language_info": json.loads(json.dumps(IPythonKernel.language_info))}
+
+def stamp_kernel_metadata(paths: list | None = None, # notebooks to stamp (default: the tutorials under `nbs/`)
+                          project: str | Path | None = None, # the project root (default: found from the working directory)
+                         ) -> list[Path]:
+    "Write `kernel_metadata()` into notebooks (atomically), so that opening them in JupyterLab changes nothing."
+    if paths is None: paths = sorted(Path(_config(project).nbs_path).glob(TUTORIALS_GLOB))
+    meta, out = kernel_metadata(), []
+    for p in map(Path, paths):
+        nb = json.loads(p.read_text(encoding="utf-8"))
+        if any(nb.get("metadata", {}).get(k) != v for k, v in meta.items()):
+            nb.setdefault("metadata", {}).update(meta)
+            atomic_write_bytes(p, (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode())
+            out.append(p)
     return out
 
 # %% ../nbs/95_docs.ipynb #0cc6c414

@@ -444,6 +444,7 @@ def fed_percent_metrics(result: FedResult, # a finished federation
                         data: str, # the row's data set, for its ACC convention
                        ) -> dict:
     "Test ACC, WGA, both averages and per-group accuracy of the final global model, in percent."
+    pipeline.note_final_model(result.state)  # for `reproduce --save-models`: a rule's cell reports FedAvg's first, its own last
     t = result.test
     out = {"acc": 100 * (t.adjusted_acc if data in pipeline.ADJUSTED_ACC_DATA else t.acc), "wga": 100 * t.wga,
            "adjusted_acc": 100 * t.adjusted_acc, "plain_acc": 100 * t.acc, "val_wga": 100 * result.val.wga}

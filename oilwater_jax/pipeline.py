@@ -7,7 +7,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/pipeline.html.md"""
 
 # %% ../nbs/07_pipeline.ipynb #15a33691
 from __future__ import annotations
-import dataclasses, os, zlib
+import contextlib, dataclasses, os, zlib
 from pathlib import Path
 import jax
 import numpy as np
@@ -19,7 +19,8 @@ from .train import TrainConfig, TrainState, FitResult, create_train_state, resol
 
 # %% auto #0
 __all__ = ['SYNTHETIC_NAMES', 'SUBSAMPLE_SEED', 'ADJUSTED_ACC_DATA', 'INITS', 'stratified_keep', 'data_root', 'run_data',
-           'stage_train_config', 'stage_key', 'percent_metrics', 'pretrained_path', 'initial_state']
+           'stage_train_config', 'stage_key', 'capture_final_models', 'note_final_model', 'percent_metrics',
+           'pretrained_path', 'initial_state']
 
 # %% ../nbs/07_pipeline.ipynb #28757daf
 SYNTHETIC_NAMES = {"waterbirds": "synthetic-waterbirds", "celeba": "synthetic-celeba"} # row data -> embedded set
@@ -97,11 +98,27 @@ def stage_key(seed: int, # the cell's seed
 # %% ../nbs/07_pipeline.ipynb #6dc850dd
 ADJUSTED_ACC_DATA = ("waterbirds",) # row data whose ACC is the training-proportion-weighted average
 
+_FINAL_MODELS: list | None = None # the open `capture_final_models` list, if any
+
+@contextlib.contextmanager
+def capture_final_models():
+    "Collect, in order, the models whose test metrics are reported inside the block: the last one is the cell's final model."
+    global _FINAL_MODELS
+    outer, _FINAL_MODELS = _FINAL_MODELS, []
+    try: yield _FINAL_MODELS
+    finally: _FINAL_MODELS = outer
+
+def note_final_model(state: TrainState, # a model whose test metrics are being reported
+                    ):
+    "Add `state` to the open `capture_final_models` list (nothing happens outside such a block)."
+    if _FINAL_MODELS is not None: _FINAL_MODELS.append(state)
+
 def percent_metrics(result: FitResult, # a finished training run
                     data: str, # the row's data ("waterbirds" or "celeba")
                     train_counts: np.ndarray | None = None, # clean training group sizes for the adjusted ACC; None: the run's own
                    ) -> dict:
     "Test ACC (per the data set's convention), WGA, both averages, per-group accuracy, validation WGA and the epoch, in percent."
+    note_final_model(result.state)  # the model whose numbers a cell reports (kept by `reproduce --save-models`)
     t = result.test
     adjusted = t.adjusted_acc if train_counts is None else adjusted_accuracy(t.group_acc, train_counts)
     out = {"acc": 100 * (adjusted if data in ADJUSTED_ACC_DATA else t.acc), "wga": 100 * t.wga,

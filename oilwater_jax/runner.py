@@ -24,8 +24,9 @@ from .experiments import (ALL_TABLE_IDS, PAPER_TABLE_IDS, TABLES, RowConfig, Run
 __all__ = ['METHODS', 'METHOD_IMPORT_ERRORS', 'SCHEMA_VERSION', 'STATUSES', 'RUNNABLE', 'CELLS_PER_WORKER', 'register_method',
            'load_methods', 'load_plugins', 'is_implemented', 'StageCache', 'cell_key', 'config_key', 'cell_path',
            'provenance', 'CorruptResultsFile', 'make_record', 'validate_record', 'read_record', 'iter_cell_files',
-           'load_records', 'PlannedCell', 'RunReport', 'resolve_tables', 'measured_seconds', 'plan', 'run_one',
-           'CellWorkers', 'reproduce', 'results_schema', 'load_results', 'to_records']
+           'load_records', 'PlannedCell', 'RunReport', 'resolve_tables', 'measured_seconds', 'plan', 'model_path',
+           'save_cell_model', 'load_cell_model', 'run_one', 'CellWorkers', 'reproduce', 'results_schema',
+           'load_results', 'to_records']
 
 # %% ../nbs/51_runner.ipynb #ec053701
 METHODS: dict[str, Callable] = {} # method name -> run_cell(cfg, seed, stages) -> metrics
@@ -400,13 +401,50 @@ def _check_metrics(metrics: Any, needed: Sequence[str], method: str) -> dict:
     if missing: raise KeyError(f"method {method!r} returned no {', '.join(map(repr, missing))} (needed by the requested tables)")
     return out
 
+def model_path(results_dir: str | Path, cfg: RunConfig, seed: int) -> Path:
+    "Where `reproduce(save_models=True)` keeps a cell's final model: `results/models/<preset>/<method>/<key>/` (Orbax)."
+    return Path(results_dir) / "models" / cfg.preset / cfg.row.method / cell_key(cfg, seed)
+
+def save_cell_model(path: Path, # `model_path` of the cell
+                    state, # the cell's final `TrainState`
+                    cfg: RunConfig, seed: int, metrics: dict):
+    "Write the cell's final model with Orbax (atomically), its config, seed and metrics in `meta.json` beside it."
+    from oilwater_jax.pretrain import save_variables
+    meta = {"key": cell_key(cfg, seed), "seed": int(seed), "model": cfg.model, "config": json.loads(to_json(cfg)),
+            "num_classes": int(state.params["fc"]["kernel"].shape[-1]), "metrics": metrics}
+    save_variables(path, {"params": state.params, "batch_stats": state.batch_stats}, meta)
+
+def load_cell_model(results_dir: str | Path, # the results folder `reproduce` wrote into
+                    cfg: RunConfig, # the cell's config (`experiments.get_preset(preset)(row.config)`)
+                    seed: int, # the cell's seed
+                   ):
+    "The saved final model of a cell as a `TrainState` ready for `train.predict`, and its `meta.json`."
+    from oilwater_jax.pretrain import load_variables
+    from oilwater_jax.train import TrainConfig, create_train_state, resolve_model
+    path = model_path(results_dir, cfg, seed)
+    if not (path / "meta.json").exists():
+        raise OilwaterError(f"No saved model for {cfg.row.name} seed {seed} under preset {cfg.preset!r} at {path}: "
+                            "run `oilwater reproduce --save-models` (it saves the models of the cells it runs).")
+    meta = json.loads((path / "meta.json").read_text())
+    import jax
+    state = create_train_state(jax.random.key(0), resolve_model(cfg.model, meta["num_classes"]),
+                               (cfg.image_size, cfg.image_size, 3), TrainConfig())
+    v = load_variables(path, {"params": state.params, "batch_stats": state.batch_stats})
+    return state.replace(params=v["params"], batch_stats=v["batch_stats"]), meta
+
 def run_one(cell: PlannedCell, # the cell to run
             stages: StageCache, # the shared stage cache
+            save_models: bool = False, # also keep the cell's final model (`model_path`)
            ) -> dict:
-    "Run one cell and write its record (ok or failed); return the record."
+    "Run one cell and write its record (ok or failed), and its final model if asked; return the record."
+    from oilwater_jax.pipeline import capture_final_models
     started, t0 = _now(), time.perf_counter()
     try:
-        metrics = _check_metrics(METHODS[cell.cfg.row.method](cell.cfg, cell.seed, stages), cell.needed, cell.cfg.row.method)
+        with capture_final_models() as models:
+            metrics = _check_metrics(METHODS[cell.cfg.row.method](cell.cfg, cell.seed, stages), cell.needed, cell.cfg.row.method)
+        if save_models:
+            if not models: raise OilwaterError(f"method {cell.cfg.row.method!r} reported no model to save (--save-models)")
+            save_cell_model(model_path(cell.path.parents[3], cell.cfg, cell.seed), models[-1], cell.cfg, cell.seed, metrics)
         rec = make_record(cell.cfg, cell.seed, metrics, None, started, time.perf_counter() - t0)
     except Exception as e:
         rec = make_record(cell.cfg, cell.seed, None, e, started, time.perf_counter() - t0)
@@ -423,7 +461,7 @@ def _die_with_parent():
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError): pass
 
-def _worker_main(conn, modules: Sequence[str], plugins: Sequence[str], stages_root: str):
+def _worker_main(conn, modules: Sequence[str], plugins: Sequence[str], stages_root: str, save_models: bool = False):
     "A cell worker: import the methods' modules, then run the cells it receives until it gets None."
     _die_with_parent()
     load_plugins(plugins)
@@ -431,15 +469,17 @@ def _worker_main(conn, modules: Sequence[str], plugins: Sequence[str], stages_ro
     load_methods()
     stages = StageCache(stages_root)
     while (cell := conn.recv()) is not None:
-        try: conn.send(("ok", run_one(cell, stages)))
+        try: conn.send(("ok", run_one(cell, stages, save_models)))
         except BaseException as e:  # KeyboardInterrupt inside a method: report it, then stop
             conn.send(("interrupted" if isinstance(e, KeyboardInterrupt) else "error", f"{type(e).__name__}: {e}"))
             if isinstance(e, KeyboardInterrupt): return
 
 class CellWorkers:
     "Runs cells one at a time in a worker process, replaced every `per_worker` cells or when it dies."
-    def __init__(self, methods: Sequence[str], plugins: Sequence[str], stages_root: str | Path, per_worker: int = CELLS_PER_WORKER):
+    def __init__(self, methods: Sequence[str], plugins: Sequence[str], stages_root: str | Path, per_worker: int = CELLS_PER_WORKER,
+                 save_models: bool = False):
         self.modules = sorted({METHODS[m].__module__ for m in methods} - {"__main__"})
+        self.save_models = save_models
         self.plugins, self.stages_root, self.per_worker = tuple(plugins), str(stages_root), per_worker
         self.proc, self.conn, self.used = None, None, 0
 
@@ -447,7 +487,8 @@ class CellWorkers:
         import multiprocessing as mp
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, self.modules, self.plugins, self.stages_root), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, self.modules, self.plugins, self.stages_root, self.save_models),
+                                daemon=True)
         self.proc.start(); child.close(); self.used = 0
 
     def stop(self, kill: bool = False):
@@ -490,6 +531,7 @@ def reproduce(tables: Sequence[str | Table] | str, # table ids or `Table`s; "all
               plugins: Sequence[str] = (), # extra modules (or .py paths) that register methods or tables
               retry_failed: bool = True, # run recorded failures again
               isolate: bool = False, # run cells in worker processes (`CellWorkers`): bounded memory, crashes contained
+              save_models: bool = False, # keep each cell's final model with Orbax (`model_path`, `load_cell_model`)
              ) -> RunReport:
     "Run the missing cells of `tables` under `preset`, resuming from the store; return what was planned and done."
     load_plugins(plugins); load_methods()
@@ -502,7 +544,7 @@ def reproduce(tables: Sequence[str | Table] | str, # table ids or `Table`s; "all
     stages = StageCache(Path(results_dir) / "stages")
     methods = sorted({c.cfg.row.method for c in todo})
     if any(METHODS[m].__module__ == "__main__" for m in methods): isolate = False  # a worker cannot import `__main__`
-    workers = CellWorkers(methods, plugins, Path(results_dir) / "stages") if isolate else None
+    workers = CellWorkers(methods, plugins, Path(results_dir) / "stages", save_models=save_models) if isolate else None
     left, done_est = sum(c.estimate for c in todo), 0.0
     t_start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="cell", desc=f"reproduce {preset}", disable=not progress, dynamic_ncols=True)
@@ -518,7 +560,7 @@ def reproduce(tables: Sequence[str | Table] | str, # table ids or `Table`s; "all
             if interrupted: raise KeyboardInterrupt
             speed = (time.perf_counter() - t_start) / done_est if done_est > 0 else 1.0  # measured / estimated so far
             bar.set_postfix_str(f"{cell.cfg.row.name} seed {cell.seed}; est. left {format_seconds(left * speed)}")
-            rec = workers.run(cell) if workers is not None else run_one(cell, stages)
+            rec = workers.run(cell) if workers is not None else run_one(cell, stages, save_models)
             report.ran += 1
             left -= cell.estimate; done_est += cell.estimate
             if rec["status"] == "ok": report.ok += 1; cell.status = "done"

@@ -499,12 +499,13 @@ def missing_inputs(cells: Sequence, # `runner.PlannedCell`s about to run
 
 def reproduce_command(tables: Sequence[str], # table ids ("table2", "figure1") or "all"
                       preset: str = "cpu", # "smoke", "cpu" or "paper"
-                      seeds: Sequence[int] | None = None, # seeds (default: the paper's 3; 1 for smoke)
+                      seeds: Sequence[int] | None = None, # seeds (default: each row's: 5 on cpu for baseline and Tables 1–2, else 3; smoke 1)
                       results_dir: str | Path = "results", # results folder
                       dry_run: bool = False, # only print what would run and how long it should take
                       plugins: Sequence[str] = (), # modules (or .py files) registering extra methods or tables
                       progress: bool = True, # progress bar
                       isolate: bool = True, # run cells in worker processes (`runner.CellWorkers`)
+                      save_models: bool = False, # keep each run cell's final model (`runner.model_path`)
                      ) -> int:
     "Print the time estimate, run the missing cells, print the tables; exit status 0, 1 if a cell failed, 130 if interrupted."
     load_plugins(plugins); load_methods()
@@ -517,7 +518,8 @@ def reproduce_command(tables: Sequence[str], # table ids ("table2", "figure1") o
     if missing:
         raise OilwaterError(f"Nothing was run: the plan needs inputs that are missing (see `oilwater --help` for "
                             "OILWATER_DATA and OILWATER_WEIGHTS):\n" + "\n".join(f"  - {m}" for m in missing))
-    try: report = reproduce(chosen, preset, seeds, results_dir, progress=progress, plugins=plugins, isolate=isolate)
+    try: report = reproduce(chosen, preset, seeds, results_dir, progress=progress, plugins=plugins, isolate=isolate,
+                            save_models=save_models)
     except KeyboardInterrupt:
         print("\nInterrupted: every finished cell is saved; run the same command again to resume.", file=sys.stderr)
         return 130
