@@ -5,6 +5,7 @@ Modules:
 - `oilwater_jax.attack_runs`: From a table row's `RunConfig` to its poisoned training set, its shared gradient-matching stage and its attack-success numbers, the same way for every method.
 - `oilwater_jax.cli`: `oilwater`: list, inspect and prepare the data sets, train ERM, reproduce the paper's tables, render them and build the docs, with errors that say what to type instead.
 - `oilwater_jax.convert`: Read a user's torchvision ResNet state_dict (`.pth` without PyTorch, `.npz`, `.safetensors`) into Flax variables, optionally with a fresh head.
+- `oilwater_jax.corpus_ablation`: An ablation of the pretraining behind the cpu preset: ERM and JTT on the Waterbirds-like set from scratch and fine-tuned from a quarter, a half and the whole generated corpus.
 - `oilwater_jax.data`: A procedural Waterbirds-like data set with exactly Waterbirds' groups: bird shape is the label, the background is the shortcut. Generated with NumPy from a seed, cached once, and the default data set of every experiment.
 - `oilwater_jax.epic`: Cluster every class in gradient space, drop the medoids that nobody else joins, repeat during training (Yang et al., 2022); with the paper's interventions that never drop, or drop early, the under-represented samples.
 - `oilwater_jax.epic_jtt`: EPIC flags potential poisons, JTT keeps them out of its upsampled set: can a defense and a group robustness method be combined? Appendix A.4, Table 12.

@@ -11,12 +11,12 @@ from pathlib import Path
 from .core import OilwaterError, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'ESTIMATE_MARKER', 'TUTORIALS_GLOB', 'process_notebooks', 'page_front_matter',
-           'page_title', 'rewrite_links', 'rename_to_output_files', 'write_landing_page', 'make_sidebar',
-           'title_cell_parts', 'restore_title_cells', 'record_outputs', 'inject_outputs', 'stage_docs', 'katex_cdn',
-           'tex_to_mathml', 'render_math', 'drop_remote_imports', 'localize_links', 'notebook_markdown',
-           'readme_header', 'fill_claims', 'fill_estimates', 'write_readme', 'kernel_metadata', 'stamp_kernel_metadata',
-           'build_docs']
+__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'HEADLINES_MARKER', 'ESTIMATE_MARKER', 'TUTORIALS_GLOB', 'process_notebooks',
+           'page_front_matter', 'page_title', 'rewrite_links', 'rename_to_output_files', 'write_landing_page',
+           'make_sidebar', 'title_cell_parts', 'restore_title_cells', 'record_outputs', 'inject_outputs', 'stage_docs',
+           'katex_cdn', 'tex_to_mathml', 'render_math', 'drop_remote_imports', 'localize_links', 'notebook_markdown',
+           'readme_header', 'fill_claims', 'fill_headlines', 'fill_estimates', 'write_readme', 'kernel_metadata',
+           'stamp_kernel_metadata', 'build_docs']
 
 # %% ../nbs/95_docs.ipynb #437cf682
 @contextlib.contextmanager
@@ -430,6 +430,19 @@ def fill_claims(text: str, # Markdown holding `<!-- claims: PRESET -->` markers
     results = Results.load(results_dir)
     return CLAIMS_MARKER.sub(lambda m: f"{m.group(0)}\n\n{claims_summary(results, m.group(1))}", text)
 
+HEADLINES_MARKER = re.compile(r"<!-- headlines: (\w+) -->") # README: the headline rows of a preset (`tables.headline_table`)
+
+def fill_headlines(text: str, # Markdown holding `<!-- headlines: PRESET -->` markers
+                   results_dir: str | Path, # the results folder the numbers come from
+                  ) -> str:
+    "The text with each headlines marker followed by the preset's headline rows, ours beside the paper's."
+    if not HEADLINES_MARKER.search(text): return text
+    from oilwater_jax.tables import Results, headline_table
+    from oilwater_jax.runner import load_methods
+    load_methods()
+    results = Results.load(results_dir, strict=False)
+    return HEADLINES_MARKER.sub(lambda m: f"{m.group(0)}\n\n{headline_table(results, m.group(1))}", text)
+
 ESTIMATE_MARKER = re.compile(r"<!-- estimate: (\w+)((?: \w+)*) -->") # README: a preset's (and tables') cell count and time estimate
 
 def fill_estimates(text: str, # Markdown holding `<!-- estimate: PRESET [TABLE ...] -->` markers (no tables: all)
@@ -455,7 +468,7 @@ def write_readme(project: str | Path | None = None, # the project root; None: fo
     if not nb.exists(): raise OilwaterError(f"{nb}: no such notebook (readme_nb in [tool.nbdev]).")
     out = cfg.config_path/"README.md"
     res = Path(results_dir) if Path(results_dir).is_absolute() else cfg.config_path/results_dir
-    body = fill_estimates(fill_claims(notebook_markdown(nb), res), res)
+    body = fill_estimates(fill_headlines(fill_claims(notebook_markdown(nb), res), res), res)
     atomic_write_bytes(out, (readme_header(nb.relative_to(cfg.config_path).as_posix()) + body).encode("utf-8"))
     return out
 

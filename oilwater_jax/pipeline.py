@@ -150,11 +150,9 @@ def initial_state(cfg: RunConfig, # the cell's config
     "Pretrained weights wrapped for training (`init='imagenet'` or `'corpus'`), or None to train from scratch."
     if check_choice(cfg.init, INITS, "RunConfig.init") == "scratch": return None
     if cfg.init == "corpus":
-        from oilwater_jax.pretrain import corpus_pretrain_config, load_or_pretrain, with_new_head
+        from oilwater_jax.pretrain import corpus_pretrain_config, load_or_pretrain, fine_tune_state
         pretrained, _ = load_or_pretrain(corpus_pretrain_config(cfg.model, cfg.image_size))
-        state = create_train_state(key, resolve_model(cfg.model, data.n_classes), data.image_shape, train_cfg)
-        variables = with_new_head(pretrained, jax.device_get(state.variables))
-        return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+        return fine_tune_state(pretrained, cfg.model, data, train_cfg, key)
     from oilwater_jax.convert import load_pretrained
     model, variables = load_pretrained(pretrained_path(cfg.model), cfg.model, data.n_classes, key=key)
     state = create_train_state(key, model, data.image_shape, train_cfg)

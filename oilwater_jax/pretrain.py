@@ -25,7 +25,7 @@ __all__ = ['CORPUS_DOMAIN', 'CORPUS_VERSION', 'CORPUS_BLOCK', 'POLAR_SHAPES', 'S
            'sample_corpus_scenes', 'render_corpus', 'CorpusConfig', 'Corpus', 'generate_corpus', 'corpus_cache_path',
            'corpus_checksum', 'load_corpus', 'show_corpus', 'PretrainConfig', 'PretrainResult', 'pretrain_optimizer',
            'pretrain', 'pretrained_checkpoint_path', 'save_variables', 'load_variables', 'load_or_pretrain',
-           'corpus_pretrain_config', 'with_new_head', 'linear_probe']
+           'corpus_pretrain_config', 'with_new_head', 'fine_tune_state', 'linear_probe']
 
 # %% ../nbs/14_pretrain.ipynb #12cfc3fa
 CORPUS_DOMAIN = 0x5EED_C0DE # the spawn key of every corpus generator: a seed domain no evaluation set draws from
@@ -400,6 +400,18 @@ def with_new_head(pretrained: dict, # variables of the pretrained model (any hea
     if set(pretrained["params"]) != set(fresh["params"]):
         raise OilwaterError("The pretrained checkpoint is for another architecture than the model to fine-tune.")
     return {"params": {**pretrained["params"], "fc": fresh["params"]["fc"]}, "batch_stats": pretrained["batch_stats"]}
+
+def fine_tune_state(pretrained: dict, # variables of the pretrained model (any head)
+                    model: str, # the model name (as the checkpoint's)
+                    data, # the `GroupDataset` to fine-tune on (its classes and image shape)
+                    train_cfg: TrainConfig, # the stage's optimiser
+                    key: jax.Array, # initialises the new head
+                   ) -> TrainState:
+    "A `TrainState` for `train_cfg` holding the pretrained backbone and a fresh head for `data`'s classes."
+    from oilwater_jax.train import resolve_model
+    state = create_train_state(key, resolve_model(model, data.n_classes), data.image_shape, train_cfg)
+    variables = with_new_head(pretrained, jax.device_get(state.variables))
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 # %% ../nbs/14_pretrain.ipynb #cdf678a5
 def linear_probe(features: np.ndarray, # float [n, d] frozen features

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from .core import OilwaterError, atomic_write_bytes, check_choice, config_hash
 from .experiments import (METRICS, ALL_TABLE_IDS, PAPER_TABLE_IDS, PRESETS, SCALING_NOTES, TABLES, Row, Table, claim_lookup,
-                                      default_seeds, get_preset, scaling_summary)
+                                      default_seeds, get_preset, get_table, scaling_summary)
 from .runner import (config_key, is_implemented, load_methods, load_plugins, load_records,
                                  reproduce, resolve_tables)
 from .runner import CorruptResultsFile, cell_key, iter_cell_files, read_record
@@ -22,10 +22,10 @@ from .metrics import DEFINITIONS_VERSION
 
 # %% auto #0
 __all__ = ['CLAIM_MARKS', 'UNCHECKED_PRESETS', 'SMOKE_BANNER', 'ACC_SHOWN', 'ACC_NOTE', 'OUTDATED_NOTE', 'KNOWN_REASONS',
-           'SERIES_STYLE', 'Results', 'RowSummary', 'summarize_row', 'format_mean_std', 'format_paper', 'claim_marks',
-           'ClaimCheck', 'claim_checks', 'table_rows', 'table_footnotes', 'render_markdown', 'render_html',
-           'claim_counts', 'claims_summary', 'plot_figure1', 'render_page', 'write_tables_page', 'missing_inputs',
-           'reproduce_command', 'tables_command']
+           'HEADLINES', 'SERIES_STYLE', 'Results', 'RowSummary', 'summarize_row', 'format_mean_std', 'format_paper',
+           'claim_marks', 'ClaimCheck', 'claim_checks', 'table_rows', 'table_footnotes', 'render_markdown',
+           'render_html', 'claim_counts', 'claims_summary', 'headline_table', 'plot_figure1', 'render_page',
+           'write_tables_page', 'missing_inputs', 'reproduce_command', 'tables_command']
 
 # %% ../nbs/52_tables.ipynb #d3f3521b
 class Results:
@@ -372,6 +372,42 @@ def claims_summary(results: Results, # indexed cell records
             lines.append(f"- {TABLES[t].title}, {label}: claim {n} `{claim.describe()}` {mark}" + (f": {why}" if why else ""))
     return "\n".join(lines)
 
+# %% ../nbs/52_tables.ipynb #c071ea5d
+HEADLINES = ( # (table id, row label, metrics): the rows the README and the tables page open with
+    ("baseline", ("ERM", "Waterbirds"), ("wga", "acc")),
+    ("baseline", ("ERM, group-balanced (oracle)", "Waterbirds"), ("wga", "acc")),
+    ("baseline", ("JTT", "Waterbirds"), ("wga", "acc")),
+    ("baseline", ("GEORGE", "Waterbirds"), ("wga", "acc")),
+    ("baseline", ("ERM", "CelebA"), ("wga", "acc")),
+    ("baseline", ("JTT", "CelebA"), ("wga", "acc")),
+    ("table1", ("JTT", "Waterbirds", "DLBD"), ("idnf_poisons", "idnf_lrg1", "idnf_lrg2", "idnf_hrg")),
+    ("table2", ("JTT", "Waterbirds", "DLBD", "standard"), ("wga", "asr", "acc")),
+    ("table2", ("JTT", "Waterbirds", "DLBD", "ideal"), ("wga", "asr", "acc")),
+    ("figure1", ("1", "Waterbirds", "DLBD"), ("elmf_poisons", "elmf_lrg1", "elmf_hrg")),
+    ("table3", ("Waterbirds", "DLBD", "ideal"), ("wga", "acc")),
+    ("table3", ("Waterbirds", "DLBD", "worst"), ("wga", "acc")),
+    ("table9", ("Median", "Yes"), ("wga_drop", "acc_drop")),
+    ("table12", ("Stop = 7",), ("wga", "asr")),
+)
+
+def headline_table(results: Results, # indexed cell records
+                   preset: str = "cpu", # preset name
+                   headlines: Sequence = HEADLINES, # (table id, row label, metrics) triples
+                  ) -> str:
+    "Markdown: each headline row's metrics, ours (mean ± std, seeds) beside the paper's."
+    lines = [f"| table | row | ours (`{preset}` preset) | seeds | paper |", "|---|---|---|---|---|"]
+    for tid, label, metrics in headlines:
+        table = get_table(tid)
+        row = next((r for r in table.rows if tuple(r.label) == tuple(label)), None)
+        if row is None: raise OilwaterError(f"HEADLINES: {table.title} has no row {label}.")
+        s = summarize_row(row, metrics, results, preset)
+        ours = ("; ".join(f"{METRICS[m].label} {format_mean_std(s.mean.get(m), s.std.get(m), m)}" for m in metrics)
+                if s.has_numbers else s.status)
+        seeds = f"{s.n_ok}/{s.n_expected}" + (f" ({s.n_outdated} under older definitions)" if s.n_outdated else "")
+        paper = "; ".join(f"{METRICS[m].label} {format_paper(row, m, table.kind)}" for m in metrics if m in row.paper) or "–"
+        lines.append(f"| {table.title} | {_md_cell(', '.join(map(str, label)))} | {_md_cell(ours)} | {seeds} | {_md_cell(paper)} |")
+    return "\n".join(lines)
+
 # %% ../nbs/52_tables.ipynb #694e6466
 SERIES_STYLE = {"elmf_poisons": ("Poisons", "tab:red"), "elmf_lrg1": ("LRG-1", "tab:orange"),
                 "elmf_lrg2": ("LRG-2", "tab:green"), "elmf_hrg": ("HRG", "tab:blue")}
@@ -443,6 +479,7 @@ def render_page(results: Results, # indexed cell records
            "Regenerate with `oilwater tables` after `oilwater reproduce TABLE --preset PRESET`.", ""]
     for p in presets:
         if any(r.get("preset") == p for r in results.records):
+            out += [f"## Headline rows (`{p}` preset)", "", headline_table(results, p), ""]
             out += [f"## How many claims hold (`{p}` preset)", "", claims_summary(results, p, tables), ""]
     for t in tables:
         out += [f"## {t.title}", "", f"*{t.section}.* {t.caption}", ""]
