@@ -34,6 +34,11 @@ class Cell(NamedTuple):
         "int [G]: the clean training split's group sizes (the adjusted ACC's weights; poisons do not count)."
         return self.clean.split("train").group_counts()
 
+    def provenance(self) -> tuple:
+        "Per training sample: its ground-truth group (a poison's is its base image's) and the poison mask (None: no attack)."
+        if self.poisoned is None: return self.data.split("train").group_ids, None
+        return self.poisoned.base_group_ids, self.poisoned.is_poison
+
 def cell_data(cfg: RunConfig, # the cell's config
               seed: int, # the cell's seed (draws the poisons)
               stages=None, # the runner's `StageCache` (the attack caches what it crafts there)

@@ -423,12 +423,17 @@ def fill_claims(text: str, # Markdown holding `<!-- claims: PRESET -->` markers
                 results_dir: str | Path, # the results folder the counts come from
                ) -> str:
     "The text with each claims marker followed by the preset's claim counts and failing claims (`tables.claims_summary`)."
-    if not CLAIMS_MARKER.search(text): return text
-    from oilwater_jax.tables import Results, claims_summary
+    from oilwater_jax.tables import claims_summary
+    return _fill_from_results(text, CLAIMS_MARKER, results_dir, claims_summary, strict=True)
+
+def _fill_from_results(text: str, marker: re.Pattern, results_dir: str | Path, render, strict: bool = False) -> str:
+    "The text with each `marker` match (group 1: a preset) followed by `render(results, preset)`."
+    if not marker.search(text): return text
+    from oilwater_jax.tables import Results
     from oilwater_jax.runner import load_methods
     load_methods()
-    results = Results.load(results_dir)
-    return CLAIMS_MARKER.sub(lambda m: f"{m.group(0)}\n\n{claims_summary(results, m.group(1))}", text)
+    results = Results.load(results_dir, strict=strict)
+    return marker.sub(lambda m: f"{m.group(0)}\n\n{render(results, m.group(1))}", text)
 
 HEADLINES_MARKER = re.compile(r"<!-- headlines: (\w+) -->") # README: the headline rows of a preset (`tables.headline_table`)
 
@@ -436,12 +441,8 @@ def fill_headlines(text: str, # Markdown holding `<!-- headlines: PRESET -->` ma
                    results_dir: str | Path, # the results folder the numbers come from
                   ) -> str:
     "The text with each headlines marker followed by the preset's headline rows, ours beside the paper's."
-    if not HEADLINES_MARKER.search(text): return text
-    from oilwater_jax.tables import Results, headline_table
-    from oilwater_jax.runner import load_methods
-    load_methods()
-    results = Results.load(results_dir, strict=False)
-    return HEADLINES_MARKER.sub(lambda m: f"{m.group(0)}\n\n{headline_table(results, m.group(1))}", text)
+    from oilwater_jax.tables import headline_table
+    return _fill_from_results(text, HEADLINES_MARKER, results_dir, headline_table)
 
 ESTIMATE_MARKER = re.compile(r"<!-- estimate: (\w+)((?: \w+)*) -->") # README: a preset's (and tables') cell count and time estimate
 

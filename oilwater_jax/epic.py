@@ -253,11 +253,6 @@ def epic_stage(cfg: RunConfig, # the cell's config (with `epic` settings)
     key = pipeline.stage_key(seed, stage)
     return epic_train(tc, data, key, cfg.epic, stop, protected, forced, state=pipeline.initial_state(cfg, tc, data, key))
 
-def _provenance(cell: Cell):
-    train = cell.data.split("train")
-    if cell.poisoned is None: return train.group_ids, None
-    return cell.poisoned.base_group_ids, cell.poisoned.is_poison
-
 def standard_eliminations(cfg: RunConfig, # the cell's config
                           seed: int, # the cell's seed
                           stages, # the runner's `StageCache` (None: compute)
@@ -276,7 +271,7 @@ def run_epic(cfg: RunConfig, # the cell's config
             ) -> dict:
     "An `epic` cell: ACC, WGA, ASR in percent and the ELMF curves."
     cell = cell_data(cfg, seed, stages)
-    groups, is_poison = _provenance(cell)
+    groups, is_poison = cell.provenance()
     under = under_represented(groups, is_poison, cell.roles)
     std = standard_eliminations(cfg, seed, stages, cell) if cfg.row.case == "worst" and WORST_READING == "timing" else None
     run = epic_stage(cfg, cell.data, seed, "train", None, *intervention_masks(cfg.row.case, under, std))

@@ -71,8 +71,7 @@ def run_epic_jtt(cfg: RunConfig, # the cell's config
     jcfg = jtt_view(cfg)
     cell = cell_data(jcfg, seed, stages)
     train = cell.data.split("train")
-    is_poison = None if cell.poisoned is None else cell.poisoned.is_poison
-    groups = train.group_ids if cell.poisoned is None else cell.poisoned.base_group_ids
+    groups, is_poison = cell.provenance()
     rounds = epic_rounds(cfg, seed, stages, cell.data)
     eliminated = eliminated_by(rounds, cfg.row.epic_stop)
     amplified = exclude_potential_poisons(intervene(shared_error_set(jcfg, seed, stages, cell), is_poison, cfg.row.case), eliminated)

@@ -114,8 +114,8 @@ def run_strip(cfg: RunConfig, # the cell's config (with `strip` settings)
     jcfg = jtt_view(cfg)
     cell = cell_data(jcfg, seed, stages)
     train, val = cell.data.split("train"), cell.data.split("val")
-    is_poison = np.zeros(len(train), bool) if cell.poisoned is None else cell.poisoned.is_poison
-    groups = train.group_ids if cell.poisoned is None else cell.poisoned.base_group_ids
+    groups, is_poison = cell.provenance()
+    if is_poison is None: is_poison = np.zeros(len(train), bool)
     result = final_stage(jcfg, cell.data, seed, intervene(shared_error_set(jcfg, seed, stages, cell), is_poison, cfg.row.case))
     n = cfg.strip.n_overlays
     if len(val) < n + 2: raise OilwaterError(f"{cfg.row.name}: STRIP needs {n} overlays and 2 clean inputs, the validation split has {len(val)}.")

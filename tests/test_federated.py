@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
+
+from tiny_models import TinyCNN
 
 from oilwater_jax.core import GroupDataset, OilwaterError
 from oilwater_jax.experiments import FedSettings, get_preset, get_table
@@ -17,17 +18,6 @@ from oilwater_jax.federated import (fedavg, coordinate_median, trimmed_mean, spa
 from oilwater_jax.runner import StageCache
 from oilwater_jax.train import TrainConfig, create_train_state
 
-
-class TinyCNN(nn.Module):
-    num_classes: int = 2
-
-    @nn.compact
-    def __call__(self, x, train: bool = False, return_features: bool = False):
-        x = nn.Conv(8, (3, 3), strides=2)(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-        features = x.mean(axis=(1, 2))
-        logits = nn.Dense(self.num_classes)(features)
-        return (logits, features) if return_features else logits
 
 
 def make_toy(n=400, seed=0, size=8):

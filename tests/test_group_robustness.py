@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
+
+from tiny_models import TinyCNN
 
 from oilwater_jax.core import GroupDataset, OilwaterError
 from oilwater_jax.experiments import get_preset, get_table, make_row
@@ -20,17 +21,6 @@ from oilwater_jax.poisons import PoisonedData
 from oilwater_jax.runner import reproduce, load_results, StageCache
 from oilwater_jax.train import TrainConfig, create_train_state, fit, train_step, predict
 
-
-class TinyCNN(nn.Module):
-    num_classes: int = 2
-
-    @nn.compact
-    def __call__(self, x, train: bool = False, return_features: bool = False):
-        x = nn.Conv(8, (3, 3), strides=2)(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-        features = x.mean(axis=(1, 2))
-        logits = nn.Dense(self.num_classes, name="fc")(features)
-        return (logits, features) if return_features else logits
 
 
 def make_toy(n=300, seed=0, size=8):
