@@ -386,12 +386,15 @@ def reproduce_cmd(tables: Optional[List[str]] = _TABLES,
               save_models: bool = typer.Option(False, "--save-models", help="Also keep the final model of every cell "
                                                "this run computes, with Orbax, under RESULTS/models/ (cells already "
                                                "done are not rerun for it)."),
+              prune_stale: bool = typer.Option(False, "--prune-stale", help="First delete this preset's cell files "
+                                               "that no plan reads any more (computed under an older config of the "
+                                               "preset or package version); they are listed. With --dry-run only listed."),
              ):
     "Run the missing cells of the paper's tables under a preset (inputs checked first), then print the tables."
     _set_env("OILWATER_DATA", root); _set_env("OILWATER_WEIGHTS", weights)
     from oilwater_jax.tables import reproduce_command
     return reproduce_command(tables or ["all"], preset, parse_seeds(seeds), results, dry_run=dry_run,
-                             plugins=plugin, progress=progress, save_models=save_models)
+                             plugins=plugin, progress=progress, save_models=save_models, prune_stale=prune_stale)
 
 @app.command("tables", help="Print the tables of a results folder; with --out also write them as Markdown and HTML "
              f"(and Figure 1).\n\nTABLE: {TABLES_HELP}")

@@ -24,8 +24,8 @@ from .experiments import (ALL_TABLE_IDS, PAPER_TABLE_IDS, TABLES, RowConfig, Run
 __all__ = ['METHODS', 'METHOD_IMPORT_ERRORS', 'SCHEMA_VERSION', 'STATUSES', 'RUNNABLE', 'CELLS_PER_WORKER', 'register_method',
            'load_methods', 'load_plugins', 'is_implemented', 'StageCache', 'cell_key', 'config_key', 'cell_path',
            'provenance', 'CorruptResultsFile', 'make_record', 'validate_record', 'read_record', 'iter_cell_files',
-           'load_records', 'PlannedCell', 'RunReport', 'resolve_tables', 'measured_seconds', 'plan', 'model_path',
-           'save_cell_model', 'load_cell_model', 'run_one', 'CellWorkers', 'reproduce', 'results_schema',
+           'load_records', 'stale_cells', 'PlannedCell', 'RunReport', 'resolve_tables', 'measured_seconds', 'plan',
+           'model_path', 'save_cell_model', 'load_cell_model', 'run_one', 'CellWorkers', 'reproduce', 'results_schema',
            'load_results', 'to_records']
 
 # %% ../nbs/51_runner.ipynb #ec053701
@@ -277,6 +277,19 @@ def load_records(results_dir: str | Path, # a results folder
         except CorruptResultsFile as e:
             if strict: raise
             warnings.warn(str(e))
+    return out
+
+# %% ../nbs/51_runner.ipynb #dc1adece
+def stale_cells(results_dir: str | Path, # a results folder
+                preset: str, # the preset whose cells to check
+               ) -> list[Path]:
+    "Cell files of `preset` that the preset as it is now would not read (made under another config or package version)."
+    out = []
+    for rec in load_records(results_dir, strict=False):
+        if rec["preset"] != preset: continue
+        try: now = cell_key(get_preset(preset)(RowConfig(**rec["config"]["row"])), rec["seed"])
+        except (OilwaterError, TypeError, KeyError): now = None  # a row this code cannot even build
+        if now != rec["key"]: out.append(Path(rec["path"]))
     return out
 
 # %% ../nbs/51_runner.ipynb #e498efd5

@@ -15,7 +15,7 @@ import numpy as np
 from .core import OilwaterError, atomic_write_bytes, check_choice, config_hash
 from .experiments import (METRICS, ALL_TABLE_IDS, PAPER_TABLE_IDS, PRESETS, SCALING_NOTES, TABLES, Row, Table, claim_lookup,
                                       default_seeds, get_preset, get_table, scaling_summary)
-from .runner import (config_key, is_implemented, load_methods, load_plugins, load_records,
+from .runner import (config_key, is_implemented, load_methods, load_plugins, load_records, stale_cells,
                                  reproduce, resolve_tables)
 from .runner import CorruptResultsFile, cell_key, iter_cell_files, read_record
 from .metrics import DEFINITIONS_VERSION
@@ -543,10 +543,18 @@ def reproduce_command(tables: Sequence[str], # table ids ("table2", "figure1") o
                       progress: bool = True, # progress bar
                       isolate: bool = True, # run cells in worker processes (`runner.CellWorkers`)
                       save_models: bool = False, # keep each run cell's final model (`runner.model_path`)
+                      prune_stale: bool = False, # first delete the preset's cell files no plan reads (`runner.stale_cells`)
                      ) -> int:
     "Print the time estimate, run the missing cells, print the tables; exit status 0, 1 if a cell failed, 130 if interrupted."
     load_plugins(plugins); load_methods()
     get_preset(preset); chosen = _check_tables(tables)
+    if prune_stale:
+        stale = stale_cells(results_dir, preset)
+        verb = "would delete" if dry_run else "deleting"
+        print(f"{verb} {len(stale)} stale `{preset}` cell files (made under an older config of the preset or package)", flush=True)
+        for p in stale:
+            print(f"  {p}")
+            if not dry_run: p.unlink()
     planned = reproduce(chosen, preset, seeds, results_dir, dry_run=True)
     print(planned.describe(), flush=True)
     missing = missing_inputs(planned.to_run)
