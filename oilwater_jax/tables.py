@@ -7,7 +7,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/tables.html.md"""
 
 # %% ../nbs/52_tables.ipynb #00dd0fab
 from __future__ import annotations
-import dataclasses, html, math, sys
+import dataclasses, html, math, signal, sys, threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -546,6 +546,22 @@ def reproduce_command(tables: Sequence[str], # table ids ("table2", "figure1") o
                       prune_stale: bool = False, # first delete the preset's cell files no plan reads (`runner.stale_cells`)
                      ) -> int:
     "Print the time estimate, run the missing cells, print the tables; exit status 0, 1 if a cell failed, 130 if interrupted."
+    hit, old_handler = [], None   # Ctrl-C before the run starts: a KeyboardInterrupt raised inside a callback
+    def on_sigint(signum, frame):  # (e.g. JAX's garbage-collection hook) is swallowed, so it is also recorded here
+        hit.append(signum); raise KeyboardInterrupt
+    if threading.current_thread() is threading.main_thread(): old_handler = signal.signal(signal.SIGINT, on_sigint)
+    old_hook = sys.unraisablehook  # ...and not reported there as an "Exception ignored" traceback: it is handled below
+    sys.unraisablehook = lambda u: None if issubclass(u.exc_type, KeyboardInterrupt) else old_hook(u)
+    try: return _reproduce_command(tables, preset, seeds, results_dir, dry_run, plugins, progress, isolate, save_models,
+                                   prune_stale, hit)
+    except KeyboardInterrupt:
+        print("\nInterrupted: every finished cell is saved; run the same command again to resume.", file=sys.stderr)
+        return 130
+    finally:
+        sys.unraisablehook = old_hook
+        if old_handler is not None: signal.signal(signal.SIGINT, old_handler)
+
+def _reproduce_command(tables, preset, seeds, results_dir, dry_run, plugins, progress, isolate, save_models, prune_stale, hit):
     load_plugins(plugins); load_methods()
     get_preset(preset); chosen = _check_tables(tables)
     if prune_stale:
@@ -563,11 +579,10 @@ def reproduce_command(tables: Sequence[str], # table ids ("table2", "figure1") o
     if missing:
         raise OilwaterError(f"Nothing was run: the plan needs inputs that are missing (see `oilwater --help` for "
                             "OILWATER_DATA and OILWATER_WEIGHTS):\n" + "\n".join(f"  - {m}" for m in missing))
-    try: report = reproduce(chosen, preset, seeds, results_dir, progress=progress, plugins=plugins, isolate=isolate,
-                            save_models=save_models)
-    except KeyboardInterrupt:
-        print("\nInterrupted: every finished cell is saved; run the same command again to resume.", file=sys.stderr)
-        return 130
+    if hit: raise KeyboardInterrupt
+    report = reproduce(chosen, preset, seeds, results_dir, progress=progress, plugins=plugins, isolate=isolate,
+                       save_models=save_models)
+    if hit: raise KeyboardInterrupt
     print(report.summary())
     results = Results.load(results_dir, strict=False)
     for t in chosen: print(f"\n## {t.title} ({preset})\n\n{render_markdown(t, results, preset, seeds)}")
