@@ -21,7 +21,7 @@ from .train import TrainConfig, TrainState, create_train_state, epoch_batches, p
 
 # %% auto #0
 __all__ = ['CORPUS_DOMAIN', 'CORPUS_VERSION', 'CORPUS_BLOCK', 'POLAR_SHAPES', 'SDF_SHAPES', 'CORPUS_CLASSES', 'BACKGROUNDS',
-           'BACKGROUND_FAMILIES', 'PRETRAIN_VERSION', 'CPU_PRETRAIN', 'corpus_rng', 'object_sdf',
+           'BACKGROUND_FAMILIES', 'PRETRAIN_VERSION', 'CPU_PRETRAIN', 'PRETRAIN_SECONDS', 'corpus_rng', 'object_sdf',
            'sample_corpus_scenes', 'render_corpus', 'CorpusConfig', 'Corpus', 'generate_corpus', 'corpus_cache_path',
            'corpus_checksum', 'load_corpus', 'show_corpus', 'PretrainConfig', 'PretrainResult', 'pretrain_optimizer',
            'pretrain', 'pretrained_checkpoint_path', 'save_variables', 'load_variables', 'load_or_pretrain',
@@ -386,6 +386,7 @@ def load_or_pretrain(cfg: PretrainConfig, # what to train
 
 # %% ../nbs/14_pretrain.ipynb #7fc96882
 CPU_PRETRAIN = PretrainConfig() # the pretraining the cpu preset will fine-tune from (model and size set per cell)
+PRETRAIN_SECONDS = {"resnet18_w16": 160.0, "*": 400.0} # declared wall time of `CPU_PRETRAIN` on 2 cores (the runner's estimate); resnet18_w16 measured, others guessed
 
 def corpus_pretrain_config(model: str, # the cell's model name
                            image_size: int, # the cell's image side

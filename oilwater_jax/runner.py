@@ -320,12 +320,23 @@ class RunReport:
     @property
     def to_run(self) -> list: return [c for c in self.cells if c.status in RUNNABLE]
     @property
-    def estimated_seconds(self) -> float: return sum(c.estimate for c in self.to_run)
+    def pretraining(self) -> dict:
+        "`{model: declared seconds}` of the corpus pretrainings the cells to run need and the cache lacks (done once)."
+        needed = {(c.cfg.model, c.cfg.image_size) for c in self.to_run if c.cfg.init == "corpus"}
+        if not needed: return {}
+        from oilwater_jax.pretrain import PRETRAIN_SECONDS, corpus_pretrain_config, pretrained_checkpoint_path
+        return {m: PRETRAIN_SECONDS.get(m, PRETRAIN_SECONDS["*"]) for m, size in sorted(needed)
+                if not (pretrained_checkpoint_path(corpus_pretrain_config(m, size)) / "meta.json").exists()}
+    @property
+    def estimated_seconds(self) -> float: return sum(c.estimate for c in self.to_run) + sum(self.pretraining.values())
 
     def summary(self) -> str:
         counts = ", ".join(f"{self.count(s)} {s}" for s in STATUSES if self.count(s))
         head = f"{len(self.cells)} cells ({counts}) under preset {self.preset!r}"
-        if self.dry_run: return f"{head}; would run {len(self.to_run)} cells, estimated {format_seconds(self.estimated_seconds)}."
+        pre = self.pretraining
+        extra = (f" (including pretraining {', '.join(pre)} on the generated corpus first, once: "
+                 f"about {format_seconds(sum(pre.values()))})") if pre else ""
+        if self.dry_run: return f"{head}; would run {len(self.to_run)} cells, estimated {format_seconds(self.estimated_seconds)}{extra}."
         return f"{head}; ran {self.ran} ({self.ok} ok, {self.failed} failed) in {format_seconds(self.wall_seconds)}."
 
     def describe(self) -> str:
