@@ -457,7 +457,10 @@ def fill_estimates(text: str, # Markdown holding `<!-- estimate: PRESET [TABLE .
     def one(m):
         tables = m.group(2).split() or "all"
         cells = [c for c in plan(tables, m.group(1), results_dir=results_dir).cells if c.status != "not implemented"]
-        return f"{m.group(0)}: {len(cells)} cells, **about {format_seconds(sum(c.estimate for c in cells))}** on 2 cores by its own estimate"
+        from oilwater_jax.pretrain import PRETRAIN_SECONDS
+        pre = sum(PRETRAIN_SECONDS.get(mod, PRETRAIN_SECONDS["*"]) for mod in {c.cfg.model for c in cells if c.cfg.init == "corpus"})
+        note = " (its corpus pretraining included)" if pre else ""
+        return f"{m.group(0)}: {len(cells)} cells, **about {format_seconds(pre + sum(c.estimate for c in cells))}** on 2 cores by its own estimate{note}"
     return ESTIMATE_MARKER.sub(one, text)
 
 def write_readme(project: str | Path | None = None, # the project root; None: found from the working directory
