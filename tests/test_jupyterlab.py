@@ -4,26 +4,26 @@ from pathlib import Path
 
 import pytest
 
-from oilwater_jax.docs import TUTORIALS_GLOB, kernel_metadata
+from oilwater_jax.docs import TUTORIALS_GLOB, kernel_metadata, stamp_kernel_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "nbs").glob(TUTORIALS_GLOB))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FIX = 'python -c "from oilwater_jax.docs import stamp_kernel_metadata; stamp_kernel_metadata()"'
 
 
-def test_tutorials_carry_the_kernel_metadata_jupyterlab_writes():
-    "JupyterLab leaves metadata equal to what the kernel reports untouched; anything else marks the notebook modified."
+def test_stamped_tutorials_carry_the_kernel_metadata_jupyterlab_writes(tmp_path):
+    "Committed tutorials are nbdev-clean (display name = kernel name, no language_info); stamping gives JupyterLab's values."
     assert len(TUTORIALS) >= 3
     want = kernel_metadata()
     for p in TUTORIALS:
-        meta = json.loads(p.read_text(encoding="utf-8"))["metadata"]
-        assert meta.get("kernelspec") == want["kernelspec"], f"{p.name}: kernelspec {meta.get('kernelspec')} (nbdev-clean?); run {FIX}"
-        info = dict(meta.get("language_info") or {})
-        version = info.pop("version", "")
-        expected = {k: v for k, v in want["language_info"].items() if k != "version"}
-        assert info == expected, f"{p.name}: language_info {info or 'missing'}; run {FIX}"
-        assert version.split(".")[:2] == want["language_info"]["version"].split(".")[:2], (p.name, version)
+        committed = json.loads(p.read_text(encoding="utf-8"))["metadata"]
+        assert committed["kernelspec"]["display_name"] == "python3" and "language_info" not in committed, p.name  # nbdev-clean's form
+        copy = tmp_path / p.name
+        shutil.copy(p, copy)
+        assert stamp_kernel_metadata([copy]) == [copy] and stamp_kernel_metadata([copy]) == []   # written once, then equal
+        meta = json.loads(copy.read_text(encoding="utf-8"))["metadata"]
+        assert meta["kernelspec"] == want["kernelspec"] and meta["language_info"] == want["language_info"], p.name
+        assert json.loads(copy.read_text(encoding="utf-8"))["cells"] == json.loads(p.read_text(encoding="utf-8"))["cells"]
 
 
 def _free_port() -> int:
@@ -92,16 +92,15 @@ def browser(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tutorial_opens_unmodified_in_jupyterlab(browser, tmp_path):
-    "A stamped tutorial opens with its kernel, no 'Select Kernel' dialog and no modified mark; an nbdev-cleaned copy is marked."
+    "A stamped tutorial opens with its kernel, no 'Select Kernel' dialog and no modified mark; the committed nbdev-clean one is marked."
     src = TUTORIALS[0]
     (tmp_path / "stamped").mkdir(); (tmp_path / "cleaned").mkdir()
     stamped = tmp_path / "stamped" / src.name
     shutil.copy(src, stamped)
+    stamp_kernel_metadata([stamped])   # the one local step the README names (the committed notebooks are nbdev-clean)
     idle, dirty, dialog = _open_in_jupyterlab(stamped, browser, tmp_path / "stamped")
     assert idle and not dialog and dirty == [], (idle, dirty, dialog)
-    nb = json.loads(src.read_text(encoding="utf-8"))  # the detector can fail: the metadata nbdev-clean leaves is marked
-    nb["metadata"]["kernelspec"]["display_name"] = "python3"; nb["metadata"].pop("language_info", None)
-    cleaned = tmp_path / "cleaned" / src.name
-    cleaned.write_text(json.dumps(nb))
+    cleaned = tmp_path / "cleaned" / src.name   # the detector can fail: the committed, nbdev-clean notebook is marked
+    shutil.copy(src, cleaned)
     idle, dirty, dialog = _open_in_jupyterlab(cleaned, browser, tmp_path / "cleaned")
     assert idle and dirty == [src.name], (idle, dirty, dialog)
