@@ -11,12 +11,12 @@ from pathlib import Path
 from .core import OilwaterError, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'HEADLINES_MARKER', 'ESTIMATE_MARKER', 'TUTORIALS_GLOB', 'process_notebooks',
-           'page_front_matter', 'page_title', 'rewrite_links', 'rename_to_output_files', 'write_landing_page',
-           'make_sidebar', 'title_cell_parts', 'restore_title_cells', 'record_outputs', 'inject_outputs', 'stage_docs',
-           'katex_cdn', 'tex_to_mathml', 'render_math', 'drop_remote_imports', 'localize_links', 'notebook_markdown',
-           'readme_header', 'fill_claims', 'fill_headlines', 'fill_estimates', 'write_readme', 'kernel_metadata',
-           'stamp_kernel_metadata', 'build_docs']
+__all__ = ['EXECUTED_DIR', 'CLAIMS_MARKER', 'HEADLINES_MARKER', 'ESTIMATE_MARKER', 'TUTORIALS_GLOB', 'KERNEL_NAME',
+           'process_notebooks', 'page_front_matter', 'page_title', 'rewrite_links', 'rename_to_output_files',
+           'write_landing_page', 'make_sidebar', 'title_cell_parts', 'restore_title_cells', 'record_outputs',
+           'inject_outputs', 'stage_docs', 'katex_cdn', 'tex_to_mathml', 'render_math', 'drop_remote_imports',
+           'localize_links', 'notebook_markdown', 'readme_header', 'fill_claims', 'fill_headlines', 'fill_estimates',
+           'write_readme', 'kernel_metadata', 'stamp_kernel_metadata', 'build_docs']
 
 # %% ../nbs/95_docs.ipynb #437cf682
 @contextlib.contextmanager
@@ -478,20 +478,25 @@ def write_readme(project: str | Path | None = None, # the project root; None: fo
 
 # %% ../nbs/95_docs.ipynb #dd11716e
 TUTORIALS_GLOB = "tutorials/[0-9]*.ipynb" # the walkthroughs, relative to `nbs/`
+KERNEL_NAME = "oilwater-jax" # the project's kernelspec (installed with the package); its display name is its name
 
-def kernel_metadata() -> dict:
-    "The `kernelspec` and `language_info` that JupyterLab writes when this environment's `python3` kernel starts."
-    from jupyter_client.kernelspec import KernelSpecManager
+def kernel_metadata(kernel: str = KERNEL_NAME, # the kernelspec the notebooks name
+                   ) -> dict:
+    "The `kernelspec` and `language_info` that JupyterLab writes when `kernel` starts in this environment."
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from ipykernel.ipkernel import IPythonKernel
-    spec = KernelSpecManager().get_kernel_spec("python3")
-    return {"kernelspec": {"display_name": spec.display_name, "language": spec.language, "name": "python3"},
+    try: spec = KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel:
+        raise RuntimeError(f"The Jupyter kernel {kernel!r} is not installed in this environment: it comes with the package "
+                           f"(`pip install -e .` from the repository root installs it under {sys.prefix}/share/jupyter/kernels/).") from None
+    return {"kernelspec": {"display_name": spec.display_name, "language": spec.language, "name": kernel},
             "language_info": json.loads(json.dumps(IPythonKernel.language_info))}
 
-def stamp_kernel_metadata(paths: list | None = None, # notebooks to stamp (default: the tutorials under `nbs/`)
+def stamp_kernel_metadata(paths: list | None = None, # notebooks to stamp (default: every notebook under `nbs/`)
                           project: str | Path | None = None, # the project root (default: found from the working directory)
                          ) -> list[Path]:
-    "Write `kernel_metadata()` into notebooks (atomically), so that opening them in JupyterLab changes nothing."
-    if paths is None: paths = sorted(Path(_config(project).nbs_path).glob(TUTORIALS_GLOB))
+    "Write `kernel_metadata()` into notebooks (atomically), so that opening them in JupyterLab changes nothing; return those written."
+    if paths is None: paths = sorted(p for p in Path(_config(project).nbs_path).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
     meta, out = kernel_metadata(), []
     for p in map(Path, paths):
         nb = json.loads(p.read_text(encoding="utf-8"))

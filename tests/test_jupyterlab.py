@@ -4,26 +4,69 @@ from pathlib import Path
 
 import pytest
 
-from oilwater_jax.docs import TUTORIALS_GLOB, kernel_metadata, stamp_kernel_metadata
+from oilwater_jax.docs import KERNEL_NAME, TUTORIALS_GLOB, kernel_metadata, stamp_kernel_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "nbs").glob(TUTORIALS_GLOB))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-def test_stamped_tutorials_carry_the_kernel_metadata_jupyterlab_writes(tmp_path):
-    "Committed tutorials are nbdev-clean (display name = kernel name, no language_info); stamping gives JupyterLab's values."
-    assert len(TUTORIALS) >= 3
+NOTEBOOKS = sorted(p for p in (ROOT / "nbs").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+
+
+def test_committed_notebooks_carry_the_metadata_jupyterlab_writes():
+    "Every notebook names the project kernel and stores the `language_info` its kernel reports (all but the version, which is the reference Python's)."
     want = kernel_metadata()
+    assert want["kernelspec"] == {"display_name": KERNEL_NAME, "language": "python", "name": KERNEL_NAME}  # installed, display name = name
+    assert len(NOTEBOOKS) >= 20 and len(TUTORIALS) >= 3
+    versions = set()
+    for p in NOTEBOOKS:
+        meta = json.loads(p.read_text(encoding="utf-8"))["metadata"]
+        assert meta.get("kernelspec") == want["kernelspec"], p
+        info = dict(meta.get("language_info", {}))
+        versions.add(info.pop("version", None))
+        assert info == {k: v for k, v in want["language_info"].items() if k != "version"}, p
+    assert len(versions) == 1 and None not in versions, versions   # stamped once, under one interpreter
+
+
+def test_nbdev_clean_leaves_the_stamp_alone():
+    "The project's nbdev configuration keeps `language_info`, and the kernel's display name is already its name."
+    from nbdev.clean import clean_nb
+    from nbdev.config import get_config
+    keys = get_config(path=ROOT).get("allowed_metadata_keys")
+    assert list(keys) == ["language_info"], keys
     for p in TUTORIALS:
-        committed = json.loads(p.read_text(encoding="utf-8"))["metadata"]
-        assert committed["kernelspec"]["display_name"] == "python3" and "language_info" not in committed, p.name  # nbdev-clean's form
-        copy = tmp_path / p.name
-        shutil.copy(p, copy)
-        assert stamp_kernel_metadata([copy]) == [copy] and stamp_kernel_metadata([copy]) == []   # written once, then equal
-        meta = json.loads(copy.read_text(encoding="utf-8"))["metadata"]
-        assert meta["kernelspec"] == want["kernelspec"] and meta["language_info"] == want["language_info"], p.name
-        assert json.loads(copy.read_text(encoding="utf-8"))["cells"] == json.loads(p.read_text(encoding="utf-8"))["cells"]
+        nb = json.loads(p.read_text(encoding="utf-8"))
+        before = json.loads(json.dumps(nb["metadata"]))
+        clean_nb(nb, allowed_metadata_keys=keys)
+        assert nb["metadata"] == before, p.name
+        default = json.loads(p.read_text(encoding="utf-8"))
+        clean_nb(default)   # nbdev's default keys drop it: the configuration is what keeps it
+        assert "language_info" not in default["metadata"]
+
+
+def test_the_package_installs_its_kernel():
+    "pyproject's data-files put the kernelspec where Jupyter finds it, and it runs this environment's Python."
+    from jupyter_client.kernelspec import KernelSpecManager
+    spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    assert Path(spec.resource_dir).resolve() == (Path(sys.prefix) / "share/jupyter/kernels" / KERNEL_NAME).resolve()
+    assert spec.argv[:3] == ["python", "-m", "ipykernel_launcher"]   # jupyter_client swaps "python" for sys.executable
+    shipped = json.loads((ROOT / "jupyter/kernels" / KERNEL_NAME / "kernel.json").read_text())
+    assert shipped["display_name"] == spec.display_name == KERNEL_NAME
+
+
+def test_stamp_writes_this_environments_values(tmp_path):
+    "On another Python the one local step stamps a copy with this kernel's values, once."
+    want = kernel_metadata()
+    copy = tmp_path / TUTORIALS[0].name
+    nb = json.loads(TUTORIALS[0].read_text(encoding="utf-8"))
+    nb["metadata"]["language_info"]["version"] = "3.0.0"   # as if stamped under another interpreter
+    copy.write_text(json.dumps(nb))
+    assert stamp_kernel_metadata([copy]) == [copy] and stamp_kernel_metadata([copy]) == []
+    meta = json.loads(copy.read_text(encoding="utf-8"))["metadata"]
+    assert meta["kernelspec"] == want["kernelspec"] and meta["language_info"]["version"] == PYTHON
+    assert json.loads(copy.read_text(encoding="utf-8"))["cells"] == nb["cells"]
 
 
 def _free_port() -> int:
@@ -92,15 +135,18 @@ def browser(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tutorial_opens_unmodified_in_jupyterlab(browser, tmp_path):
-    "A stamped tutorial opens with its kernel, no 'Select Kernel' dialog and no modified mark; the committed nbdev-clean one is marked."
+    "The committed tutorial opens with its kernel, no 'Select Kernel' dialog and no modified mark; nbdev's default form is marked."
     src = TUTORIALS[0]
-    (tmp_path / "stamped").mkdir(); (tmp_path / "cleaned").mkdir()
-    stamped = tmp_path / "stamped" / src.name
-    shutil.copy(src, stamped)
-    stamp_kernel_metadata([stamped])   # the one local step the README names (the committed notebooks are nbdev-clean)
-    idle, dirty, dialog = _open_in_jupyterlab(stamped, browser, tmp_path / "stamped")
+    (tmp_path / "committed").mkdir(); (tmp_path / "default").mkdir()
+    committed = tmp_path / "committed" / src.name
+    shutil.copy(src, committed)
+    restamped = stamp_kernel_metadata([committed])   # empty on the reference Python: the file is opened as committed
+    assert restamped == [] or json.loads(src.read_text())["metadata"]["language_info"]["version"] != PYTHON
+    idle, dirty, dialog = _open_in_jupyterlab(committed, browser, tmp_path / "committed")
     assert idle and not dialog and dirty == [], (idle, dirty, dialog)
-    cleaned = tmp_path / "cleaned" / src.name   # the detector can fail: the committed, nbdev-clean notebook is marked
-    shutil.copy(src, cleaned)
-    idle, dirty, dialog = _open_in_jupyterlab(cleaned, browser, tmp_path / "cleaned")
+    default = tmp_path / "default" / src.name   # the detector can fail: nbdev-clean's default form is marked
+    nb = json.loads(src.read_text(encoding="utf-8"))
+    nb["metadata"] = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}
+    default.write_text(json.dumps(nb))
+    idle, dirty, dialog = _open_in_jupyterlab(default, browser, tmp_path / "default")
     assert idle and dirty == [src.name], (idle, dirty, dialog)
