@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -120,14 +121,33 @@ def test_loopback_deployment_equals_in_process_simulation(tmp_path):
         p = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, cwd=tmp_path, stdout=logs[name], stderr=subprocess.STDOUT)
         pids.append(p.pid)
         return p
+    # The in-process reference runs in a thread meanwhile: the deployment mostly waits (Flower polls every 3 s and
+    # starts a fresh ClientApp process per message), so the reference costs the test almost no wall time.
+    reference = {}
+    def simulate():
+        try:
+            cfg, seed = flower_cell(RUN_CONFIG)
+            data = pipeline.run_data(cfg)
+            s = federation_setup(cfg, data, seed)
+            history = []
+            run_federation(data, s.partition, s.aggregator, cfg.fed, s.local, s.key, model=s.model, state=s.state,
+                           per_client=True,
+                           on_round=lambda res: history.append([np.asarray(x) for x in jax.tree.leaves(
+                               {"params": res.state.params, "batch_stats": res.state.batch_stats})]))
+            reference.update(like=[np.asarray(x) for x in jax.tree.leaves({"params": s.state.params, "batch_stats": s.state.batch_stats})],
+                             history=history)
+        except BaseException as e:   # re-raised in the test's thread
+            reference["error"] = e
+    worker = threading.Thread(target=simulate, daemon=True)
     try:
         start("superlink", "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
               "--host", "127.0.0.1", "--port", str(link))
-        _wait_for_port(link, 90)
-        for i in range(3):
+        for i in range(3):   # SuperNodes retry until the SuperLink listens (--max-retries)
             start(f"supernode{i}", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
                   "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", f"partition-id={i}",
                   "--max-retries", "30")
+        worker.start()
+        _wait_for_port(link, 90)
         run = subprocess.run([str(BIN / "flwr"), "run", str(app), "loopback", "--stream"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)
         deadline = time.time() + 30                                    # the ServerApp writes the model as it ends
@@ -141,30 +161,23 @@ def test_loopback_deployment_equals_in_process_simulation(tmp_path):
     deadline = time.time() + 10
     while any(_alive(p) for p in pids) and time.time() < deadline: time.sleep(0.5)
     assert not any(_alive(p) for p in pids)
-    cfg, seed = flower_cell(RUN_CONFIG)
-    data = pipeline.run_data(cfg)
-    s = federation_setup(cfg, data, seed)
-    like = {"params": s.state.params, "batch_stats": s.state.batch_stats}
-    history = []
+    worker.join(300)
+    if "error" in reference: raise reference["error"]
+    assert "history" in reference, "the in-process reference did not finish within 300 s"
     rounds = [np.load(tmp_path / f"final_round{r}.npz") for r in range(3)]
-    as_tree = lambda z: jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(z[f"leaf{i}"]) for i in range(len(z.files))])
-    for a, b in zip(jax.tree.leaves(as_tree(rounds[0])), jax.tree.leaves(like)):
-        np.testing.assert_array_equal(a, b)                                  # the deployment starts from our model
+    for i, b in enumerate(reference["like"]):
+        np.testing.assert_array_equal(rounds[0][f"leaf{i}"], b)              # the deployment starts from our model
     final = np.load(out)
     for i in range(len(final.files)): np.testing.assert_array_equal(final[f"leaf{i}"], rounds[2][f"leaf{i}"])
     # The deployment runs, on each node, our vmapped local training for one client; the in-process simulation with
     # `per_client=True` runs the same programs on the same inputs: the global models must agree after every round.
     # (Against the all-clients vmapped program or the per-client loop they agree only to rounding, which training at
     # this scale amplifies: a 1e-7 change before a round moves the model by 2e-3 after it; see 40_federated.)
-    ref = run_federation(data, s.partition, s.aggregator, cfg.fed, s.local, s.key, model=s.model, state=s.state,
-                         per_client=True,
-                         on_round=lambda res: history.append(jax.tree.leaves({"params": res.state.params,
-                                                                              "batch_stats": res.state.batch_stats})))
     for r in (1, 2):
-        want = history[r - 1]
-        moved = max(float(np.abs(np.asarray(w) - rounds[r - 1][f"leaf{i}"]).max()) for i, w in enumerate(want))
-        worst = max(float(np.abs(rounds[r][f"leaf{i}"] - np.asarray(w)).max()) for i, w in enumerate(want))
+        want = reference["history"][r - 1]
+        moved = max(float(np.abs(w - rounds[r - 1][f"leaf{i}"]).max()) for i, w in enumerate(want))
+        worst = max(float(np.abs(rounds[r][f"leaf{i}"] - w).max()) for i, w in enumerate(want))
         print(f"round {r}: max |deployment - in-process| = {worst:.3g} (the round moved the model by {moved:.3g})")
         assert moved > 1e-3
         for i, w in enumerate(want):
-            np.testing.assert_allclose(rounds[r][f"leaf{i}"], np.asarray(w), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(rounds[r][f"leaf{i}"], w, rtol=1e-6, atol=1e-7)
