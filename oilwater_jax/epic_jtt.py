@@ -14,7 +14,7 @@ from .runner import register_method
 from .cells import cell_data, stage_config, identification_factors, accuracy_metrics, attack_results
 from .jtt import shared_error_set, intervene, final_stage, identification_stage
 from .epic import EpicRun, epic_stage, elmf_curves
-from .strip import jtt_view
+from .strip import jtt_view, jtt_cell
 
 # %% auto #0
 __all__ = ['elimination_round', 'eliminated_by', 'exclude_potential_poisons', 'epic_rounds', 'train_epic_jtt', 'run_epic_jtt']
@@ -67,9 +67,7 @@ def run_epic_jtt(cfg: RunConfig, # the cell's config
                  stages, # the runner's `StageCache`
                 ) -> dict:
     "An `epic_jtt` cell: ACC, WGA, ASR, the identification factors of what JTT upsamples, and EPIC's ELMF up to its stop."
-    if cfg.epic is None: raise OilwaterError(f"{cfg.row.name}: the config has no EPIC settings.")
-    jcfg = jtt_view(cfg)
-    cell = cell_data(jcfg, seed, stages)
+    jcfg, cell = jtt_cell(cfg, seed, stages, "epic")
     train = cell.data.split("train")
     groups, is_poison = cell.provenance()
     rounds = epic_rounds(cfg, seed, stages, cell.data)

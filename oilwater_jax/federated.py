@@ -30,7 +30,7 @@ __all__ = ['SORTING_NETWORK_MAX_CLIENTS', 'AGGREGATORS', 'FED_METHODS', 'FED_HYB
            'client_start', 'local_train', 'local_train_loop', 'RoundResult', 'fed_round', 'federation_keys',
            'round_key', 'FedResult', 'run_federation', 'kept_share', 'minority_groups', 'cell_partition',
            'cell_aggregator', 'FedSetup', 'federation_setup', 'federate', 'fed_percent_metrics', 'fedavg_reference',
-           'fed_cell', 'partition_table', 'fedavg_cell', 'fed_median_cell', 'fed_trimmed_mean_cell', 'sparsefed_cell']
+           'fed_cell', 'partition_table']
 
 # %% ../nbs/40_federated.ipynb #fe52c4c9
 @dataclass(frozen=True)
@@ -509,22 +509,5 @@ def partition_table(cfg: RunConfig, # a federated cell's config
              + (f", {int(p.malicious.sum())} malicious" if p.malicious.any() else ""))
     return "\n".join([title, fmt(head)] + [fmt(r) for r in rows])
 
-@register_method("fedavg")
-def fedavg_cell(cfg: RunConfig, seed: int, stages) -> dict:
-    "Runner method `fedavg`: the undefended federation (drops 0 by definition)."
-    return fed_cell(cfg, seed, stages)
-
-@register_method("fed_median")
-def fed_median_cell(cfg: RunConfig, seed: int, stages) -> dict:
-    "Runner method `fed_median`: coordinate median against FedAvg."
-    return fed_cell(cfg, seed, stages)
-
-@register_method("fed_trimmed_mean")
-def fed_trimmed_mean_cell(cfg: RunConfig, seed: int, stages) -> dict:
-    "Runner method `fed_trimmed_mean`: trimmed mean (`row.trim` at each end) against FedAvg."
-    return fed_cell(cfg, seed, stages)
-
-@register_method("sparsefed")
-def sparsefed_cell(cfg: RunConfig, seed: int, stages) -> dict:
-    "Runner method `sparsefed`: SparseFed (ρ = `row.server_momentum`) against FedAvg."
-    return fed_cell(cfg, seed, stages)
+for _method in FED_METHODS:   # one cell function serves every rule: the row's method picks the aggregator
+    register_method(_method)(fed_cell)

@@ -15,13 +15,13 @@ import jax, jax.numpy as jnp
 from .core import OilwaterError, images_to_float
 from .experiments import RunConfig
 from .runner import register_method
-from .cells import cell_data, accuracy_metrics, attack_results
+from .cells import Cell, cell_data, accuracy_metrics, attack_results
 from .jtt import shared_error_set, intervene, final_stage, train_jtt
 from . import pipeline
 
 # %% auto #0
 __all__ = ['FALSE_REJECTION', 'STRIP_GROUPS', 'entropy_bits', 'strip_entropies', 'strip_threshold', 'detection_auc', 'jtt_view',
-           'strip_report', 'run_strip']
+           'jtt_cell', 'strip_report', 'run_strip']
 
 # %% ../nbs/31_strip.ipynb #f35adaab
 def entropy_bits(probs: jax.Array, # float [..., C], rows summing to 1
@@ -83,6 +83,16 @@ def jtt_view(cfg: RunConfig, # a cell whose method builds on JTT (STRIP, EPIC+JT
     row = cfg.row.replace(method="jtt", defense="none", epic_stop=None)
     return dataclasses.replace(cfg, row=row, stages={s: cfg.stages[s] for s in ("identification", "final")}, epic=None, strip=None)
 
+def jtt_cell(cfg: RunConfig, # a cell whose method builds on JTT
+             seed: int, # the cell's seed
+             stages, # the runner's `StageCache`
+             needs: str, # the `RunConfig` settings field the method reads ("strip", "epic")
+            ) -> tuple[RunConfig, Cell]:
+    "The JTT view of the cell and the cell's data (shared with the matching `jtt` cell), its settings checked."
+    if getattr(cfg, needs) is None: raise OilwaterError(f"{cfg.row.name}: the config has no {needs.upper()} settings.")
+    jcfg = jtt_view(cfg)
+    return jcfg, cell_data(jcfg, seed, stages)
+
 STRIP_GROUPS = {"hrg": "HRG", "lrg1": "LRG-1", "lrg2": "LRG-2"}
 
 def strip_report(scores: np.ndarray, # float [n], STRIP scores of the inputs
@@ -110,9 +120,7 @@ def run_strip(cfg: RunConfig, # the cell's config (with `strip` settings)
               stages, # the runner's `StageCache`
              ) -> dict:
     "A `strip` cell: STRIP's entropies per group on the JTT model of the row, with its ACC, WGA and ASR."
-    if cfg.strip is None: raise OilwaterError(f"{cfg.row.name}: the config has no STRIP settings.")
-    jcfg = jtt_view(cfg)
-    cell = cell_data(jcfg, seed, stages)
+    jcfg, cell = jtt_cell(cfg, seed, stages, "strip")
     train, val = cell.data.split("train"), cell.data.split("val")
     groups, is_poison = cell.provenance()
     if is_poison is None: is_poison = np.zeros(len(train), bool)
