@@ -30,7 +30,7 @@ __all__ = ['SORTING_NETWORK_MAX_CLIENTS', 'AGGREGATORS', 'FED_METHODS', 'FED_HYB
            'client_start', 'local_train', 'local_train_loop', 'RoundResult', 'fed_round', 'federation_keys',
            'round_key', 'FedResult', 'run_federation', 'kept_share', 'minority_groups', 'cell_partition',
            'cell_aggregator', 'FedSetup', 'federation_setup', 'federate', 'fed_percent_metrics', 'fedavg_reference',
-           'fed_cell', 'partition_table']
+           'fed_cell', 'partition_table', 'fed_method_cell']
 
 # %% ../nbs/40_federated.ipynb #fe52c4c9
 @dataclass(frozen=True)
@@ -509,5 +509,10 @@ def partition_table(cfg: RunConfig, # a federated cell's config
              + (f", {int(p.malicious.sum())} malicious" if p.malicious.any() else ""))
     return "\n".join([title, fmt(head)] + [fmt(r) for r in rows])
 
-for _method in FED_METHODS:   # one cell function serves every rule: the row's method picks the aggregator
-    register_method(_method)(fed_cell)
+@register_method("fedavg")   # one cell function serves every rule: the row's method picks the aggregator
+@register_method("fed_median")
+@register_method("fed_trimmed_mean")
+@register_method("sparsefed")
+def fed_method_cell(cfg: RunConfig, seed: int, stages) -> dict:
+    "Runner methods `fedavg`, `fed_median`, `fed_trimmed_mean` and `sparsefed` (the keys of `FED_METHODS`): `fed_cell`."
+    return fed_cell(cfg, seed, stages)

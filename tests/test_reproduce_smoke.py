@@ -77,3 +77,12 @@ def test_reproduce_smoke_runs_every_method(tmp_path):
 @pytest.mark.timeout(3600)
 def test_reproduce_smoke_runs_every_table(tmp_path):
     _reproduce_and_check(ALL_TABLE_IDS, tmp_path)
+
+
+def test_every_method_is_found_by_a_fresh_runner():
+    "`load_methods` in a fresh process (as the CLI does) registers every method the tables name."
+    code = ("from oilwater_jax.runner import load_methods; from oilwater_jax.experiments import METHOD_NAMES; "
+            "print(sorted(set(METHOD_NAMES) - set(load_methods())))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout
