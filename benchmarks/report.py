@@ -1,4 +1,5 @@
-"""The README's benchmark table, generated from the results files of `bench_train.py` (and `profile_layers.py`).
+"""The README's benchmark tables, generated from the results files of `bench_train.py`, `bench_attacks.py`,
+`bench_epic.py`, `bench_federated.py` and `profile_layers.py`.
 
     python benchmarks/report.py                                   # print the Markdown
     python benchmarks/report.py --index nbs/index.ipynb           # replace the block between the markers in the
@@ -20,6 +21,17 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
 
 
+def load_note(info: dict, script: str) -> str:
+    "How loaded the machine was: a quiet run's absolute rates stand; under load only the ratios within a row do."
+    starts = [x for x in (info.get("load_average_start"), info.get("load_average_end")) if x]
+    la = max((x[0] if isinstance(x, list) else x) for x in starts) if starts else None
+    cpus = info.get("cpu_count") or info.get("cpus") or 1
+    if la is not None and la <= cpus + 0.5:   # the benchmark itself keeps the cores busy
+        return f"Measured with nothing else running (load average at most {la:.1f} on {cpus} cores, the benchmark's own)."
+    return (f"**Measured on a shared machine under load** (load average up to {la:.1f} on {cpus} cores): the ratios in a "
+            f"row are comparable, the absolute rates are not; re-measure on a quiet machine with `python benchmarks/{script}`.")
+
+
 def train_table(path: Path, impl: str = "hybrid") -> str:
     "Markdown: one row per (model, px, work) with JAX, every PyTorch configuration, and the ratios to eager and best."
     res = json.loads(path.read_text())
@@ -33,14 +45,12 @@ def train_table(path: Path, impl: str = "hybrid") -> str:
                                           f"{r[impl] / r['torch']:.2f}x" if "torch" in r else "",
                                           f"**{r[impl] / best:.2f}x**"]) + " |")
     la, lb = info["load_average_start"][0], info["load_average_end"][0]
-    comp = sorted({f"{NAMES[k]} {r['compile_s'][k]:.0f} s" for r in rows for k in r.get("compile_s", {}) if k.endswith("compile")})
+    comp = [f"{r['work']} {r['compile_s'][k]:.0f} s" for r in rows for k in r.get("compile_s", {}) if k.endswith("compile")]
     cap = (f"Samples/s, batch {info['batch']}, {info['dtype']}, {info['backend']} ({info['cpu_count']} cores), jax "
            f"{info['jax']}, torch {info.get('torch', '-')} with {info.get('torch_threads', '-')} threads; medians of "
            f"{info.get('rounds', 1)} interleaved rounds; load average {la:.1f} -> {lb:.1f} "
-           f"(`{path.relative_to(HERE.parent).as_posix()}`)" + (f"; torch.compile took {', '.join(comp)}" if comp else "") +
-           f". **Measured on a shared machine under load**: the ratios "
-           f"in a row are comparable, the absolute rates are not; re-measure on a quiet machine with "
-           f"`python benchmarks/bench_train.py`.")
+           f"(`{path.relative_to(HERE.parent).as_posix()}`)" + (f"; torch.compile took {', '.join(comp)} to compile" if comp else "") +
+           ". " + load_note(info, "bench_train.py"))
     return "\n".join(lines) + "\n\n" + cap + "\n"
 
 
@@ -61,18 +71,63 @@ def profile_summary(path: Path) -> str:
 
 
 def attacks_summary(path: Path) -> str:
-    "One sentence from `bench_attacks.py --append` runs: median speedup against PyTorch's faster memory format, and range."
+    "One sentence from `bench_attacks.py` runs: median speedup against PyTorch's faster memory format (and range)."
     res = json.loads(path.read_text())
-    bits = [f"{r['work']}: {r['speedup_median']:.2f}x (runs {r['speedup_min']:.2f}-{r['speedup_max']:.2f})" for r in res["summary"]]
+    n = len(res["runs"])
+    bits = [f"{r['work']}: **{r['speedup_median']:.2f}x**" + (f" (runs {r['speedup_min']:.2f}-{r['speedup_max']:.2f})" if n > 1 else "")
+            for r in res["summary"]]
     info = res["runs"][-1]["info"]
-    return (f"Attack work ({info['model']} at {info['px']} px, {len(res['runs'])} runs, against the faster of PyTorch's "
-            f"contiguous and channels_last formats, `{path.relative_to(HERE.parent).as_posix()}`): " + "; ".join(bits) +
-            ". All runs used the same code: the spread between them is the load of the shared machine.\n")
+    return (f"Attack work ({info['model']} at {info['px']} px, {n} run{'s' if n > 1 else ''}, against the faster of PyTorch's "
+            f"contiguous and channels_last formats, `torch.func` for per-example gradients, "
+            f"`{path.relative_to(HERE.parent).as_posix()}`): " + "; ".join(bits) + ". " + load_note(info, "bench_attacks.py") + "\n")
 
 
-def render(files: list[Path], profiles: list[Path], attacks: list[Path] = ()) -> str:
+def epic_summary(path: Path) -> str:
+    "Per-example gradients against `torch.func`, and one EPIC selection round by training-set size (lazy and dense greedy)."
+    res = json.loads(path.read_text())
+    g = "; ".join(f"{r['model']} at {r['px']} px {r['jax_per_s']:.1f}/s against {r['torch_per_s']:.1f}/s "
+                  f"(**{r['speedup']:.2f}x**)" for r in res.get("grads", []))
+    dense = {r["n"]: r for r in res.get("select_dense", []) if r.get("seconds")}
+    rounds = []
+    for r in res.get("select", []):
+        d = dense.get(r["n"])
+        rounds.append(f"{r['n']:,}: {r['seconds']:.2f} s" + (f" (dense greedy {d['seconds']:.2f} s)" if d else ""))
+    return (f"Per-example gradients, all parameters (`{path.relative_to(HERE.parent).as_posix()}`): {g}. One EPIC "
+            f"selection round (logit proxies of the default CPU model and the per-class greedy, subset 10%) by training-set "
+            f"size: " + "; ".join(rounds) + ". " + load_note(res["info"], "bench_epic.py") + "\n")
+
+
+def federated_summary(path: Path) -> str:
+    "A federated round against PyTorch's client loop, and the aggregators against numpy and PyTorch."
+    res = json.loads(path.read_text())
+    rounds = {r["impl"]: r for r in res["rows"] if r["case"] == "round"}
+    out = []
+    if rounds:
+        r = next(iter(rounds.values()))
+        t = rounds.get("torch_eager_loop", {}).get("median_s")
+        names = {"jax_vmapped": "vmapped JAX", "jax_loop": "JAX client loop", "torch_eager_loop": "PyTorch eager client loop"}
+        out.append(f"one federated round ({r['clients']} clients × {r['local_epochs']} local epochs, {r['samples']:,} samples, "
+                   f"batch {r['batch']}): " + ", ".join(f"{names.get(k, k)} {v['median_s']:.2f} s" +
+                                                         (f" (**{t / v['median_s']:.2f}x**)" if t and k != "torch_eager_loop" else "")
+                                                         for k, v in rounds.items()))
+    ops = {}
+    for r in res["rows"]:
+        if r["case"] == "aggregator": ops.setdefault(r["op"], []).append(r)
+    for op, rows in ops.items():
+        rows = sorted(rows, key=lambda r: r["median_s"])
+        out.append(f"{op.replace('_', ' ')} over {rows[0]['clients']} × {rows[0]['params']:,}: " +
+                   ", ".join(f"{r['impl']} {r['median_s']:.3g} s" + (f" (recall {r['recall']:.2f})" if "recall" in r else "") for r in rows))
+    return (f"Federated work (`{path.relative_to(HERE.parent).as_posix()}`): " + "; ".join(out) + ". " +
+            load_note({"load_average_start": res["rows"][0].get("load_start"), "load_average_end": res["rows"][-1].get("load_end"),
+                       "cpus": res["info"].get("cpus")}, "bench_federated.py") + "\n")
+
+
+def render(files: list[Path], profiles: list[Path], attacks: list[Path] = (), epic: list[Path] = (),
+           federated: list[Path] = ()) -> str:
     parts = [train_table(f) for f in files if f.exists()]
     parts += [attacks_summary(a) for a in attacks if a.exists()]
+    parts += [epic_summary(e) for e in epic if e.exists()]
+    parts += [federated_summary(f) for f in federated if f.exists()]
     parts += [profile_summary(p) for p in profiles if p.exists()]
     if not parts: raise SystemExit(f"no results files among {', '.join(map(str, [*files, *profiles, *attacks]))}")
     return "\n".join(parts)
@@ -96,15 +151,18 @@ def update_index(index: Path, text: str) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--files", default="results/bench_train_cpu_fair.json,results/bench_train_cpu_fair_compile.json,results/bench_train_cpu_fair_r18_64.json",
+    p.add_argument("--files", default="results/bench_train_cpu_fair.json,results/bench_train_cpu_fair_compile.json",
                    help="bench_train.py results, relative to benchmarks/")
     p.add_argument("--profiles", default="results/profile_resnet18_64.json", help="profile_layers.py results")
-    p.add_argument("--attacks", default="results/bench_attacks_cpu_fair.json", help="bench_attacks.py results")
+    p.add_argument("--attacks", default="results/bench_attacks_cpu_fair.json,results/bench_attacks_cpu_r18_64.json", help="bench_attacks.py results")
+    p.add_argument("--epic", default="results/bench_epic_cpu.json", help="bench_epic.py results")
+    p.add_argument("--federated", default="results/bench_federated_cpu.json", help="bench_federated.py results")
     p.add_argument("--index", default=None, help="write into this notebook's marked block instead of printing")
     args = p.parse_args(argv)
     files = [HERE / f for f in args.files.split(",") if f]
     profiles = [HERE / f for f in args.profiles.split(",") if f]
-    text = render(files, profiles, [HERE / f for f in args.attacks.split(",") if f])
+    paths = lambda a: [HERE / f for f in a.split(",") if f]
+    text = render(files, profiles, paths(args.attacks), paths(args.epic), paths(args.federated))
     if args.index: update_index(Path(args.index), text)
     else: sys.stdout.write(text)
 

@@ -21,7 +21,7 @@ from .cells import Cell, cell_data, stage_config, accuracy_metrics, attack_resul
 from . import pipeline
 
 # %% auto #0
-__all__ = ['EXACT_DIM', 'TIE_TOLERANCE', 'WORST_READINGS', 'WORST_READING', 'ELMF_ROLES', 'proxy_similarity',
+__all__ = ['EXACT_DIM', 'TIE_TOLERANCE', 'LAZY_BATCH', 'WORST_READINGS', 'WORST_READING', 'ELMF_ROLES', 'proxy_similarity',
            'facility_location_greedy', 'facility_location_bruteforce', 'EpicSelection', 'class_budgets', 'epic_select',
            'reference_cluster_ids', 'EpicRun', 'epic_train', 'under_represented', 'intervention_masks', 'elmf_curves',
            'epic_stage', 'standard_eliminations', 'run_epic']
@@ -48,7 +48,8 @@ def proxy_similarity(g: jax.Array, # float [n, d], one proxy per sample
 TIE_TOLERANCE = 1e-5 # gains within this relative distance of the best tie (float32 sums of n terms)
 
 @jax.jit
-def _greedy(S, valid, budget):
+def _greedy_dense(S, valid, budget):
+    "Every candidate's gain at every step (the plain greedy; `_greedy`'s test oracle)."
     n = S.shape[0]
     S = jnp.where(valid[:, None] & valid[None, :], S, 0.0)  # padding neither covers nor is covered
     def cond(c): return (c[0] < budget) & ~c[4]
@@ -63,6 +64,43 @@ def _greedy(S, valid, budget):
                 chosen.at[j].set(chosen[j] | take), order.at[t].set(jnp.where(take, j, -1)), ~take)
     init = (jnp.int32(0), jnp.zeros(n, jnp.float32), jnp.zeros(n, bool), jnp.full(n, -1, jnp.int32), jnp.bool_(False))
     t, _, _, order, _ = jax.lax.while_loop(cond, body, init)
+    return order, t
+
+LAZY_BATCH = 64 # candidates whose exact gain a lazy step computes
+
+@jax.jit
+def _greedy(S, valid, budget):
+    "The same medoids as `_greedy_dense`, with gains evaluated lazily from submodular upper bounds."
+    n = S.shape[0]
+    B = min(LAZY_BATCH, n - 1)
+    S = jnp.where(valid[:, None] & valid[None, :], S, 0.0)
+    T = S.T   # row j of T is column j of S: a candidate's similarities are contiguous in memory
+    def pick(gains):   # the best gain and the lowest index among (float32) ties
+        best = jnp.max(gains)
+        return best, jnp.argmax(gains >= best - TIE_TOLERANCE * jnp.abs(best))
+    def cond(c): return (c[0] < budget) & ~c[4]
+    def body(c):
+        t, cover, chosen, order, _, bound = c
+        top, cand = jax.lax.top_k(bound, B + 1)
+        cand = cand[:B]
+        exact = jnp.sum(jnp.maximum(T[cand] - cover[None, :], 0.0), axis=1)
+        exact = jnp.where(top[:B] > -jnp.inf, exact, -jnp.inf)
+        best = jnp.max(exact)
+        certified = top[B] < best - TIE_TOLERANCE * jnp.abs(best)   # no other candidate can reach the tie band
+        def lazy(_):
+            tied = exact >= best - TIE_TOLERANCE * jnp.abs(best)
+            return bound.at[cand].set(exact), best, jnp.min(jnp.where(tied, cand, n))
+        def dense(_):
+            gains = jnp.where(valid & ~chosen, jnp.sum(jnp.maximum(T - cover[None, :], 0.0), axis=1), -jnp.inf)
+            return (gains,) + pick(gains)
+        bound, best, j = jax.lax.cond(certified, lazy, dense, None)
+        take = best > 0
+        return (t + take.astype(jnp.int32), jnp.where(take, jnp.maximum(cover, T[j]), cover),
+                chosen.at[j].set(chosen[j] | take), order.at[t].set(jnp.where(take, j, -1)), ~take,
+                bound.at[j].set(jnp.where(take, -jnp.inf, bound[j])))
+    bound = jnp.where(valid, jnp.sum(S, axis=0), -jnp.inf)   # the gains at A = ∅
+    init = (jnp.int32(0), jnp.zeros(n, jnp.float32), jnp.zeros(n, bool), jnp.full(n, -1, jnp.int32), jnp.bool_(False), bound)
+    t, _, _, order, _, _ = jax.lax.while_loop(cond, body, init)
     return order, t
 
 def _bucket(n: int) -> int: return max(128, -(-n // 128) * 128)

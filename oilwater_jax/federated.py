@@ -27,10 +27,10 @@ from . import pipeline, attack_runs
 __all__ = ['SORTING_NETWORK_MAX_CLIENTS', 'AGGREGATORS', 'FED_METHODS', 'FED_HYBRID_POLICY', 'Partition', 'iid_partition',
            'non_iid_partition', 'with_poisons', 'fedavg', 'sort_clients', 'coordinate_median', 'trimmed_mean',
            'SparseFedState', 'sparsefed_init', 'sparsefed_update', 'Aggregator', 'make_aggregator', 'client_batches',
-           'client_start', 'local_train', 'local_train_loop', 'RoundResult', 'fed_round', 'federation_keys',
-           'round_key', 'FedResult', 'run_federation', 'kept_share', 'minority_groups', 'cell_partition',
-           'cell_aggregator', 'FedSetup', 'federation_setup', 'federate', 'fed_percent_metrics', 'fedavg_reference',
-           'fed_cell', 'partition_table', 'fed_method_cell']
+           'client_start', 'local_train', 'local_train_loop', 'RoundResult', 'server_step', 'fed_round',
+           'federation_keys', 'round_key', 'FedResult', 'run_federation', 'kept_share', 'minority_groups',
+           'cell_partition', 'cell_aggregator', 'FedSetup', 'federation_setup', 'federate', 'fed_percent_metrics',
+           'fedavg_reference', 'fed_cell', 'partition_table', 'fed_method_cell']
 
 # %% ../nbs/40_federated.ipynb #fe52c4c9
 @dataclass(frozen=True)
@@ -216,6 +216,7 @@ def client_batches(partition: Partition, # who holds what
 def _stack(state: TrainState, m: int) -> TrainState:
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (m, *jnp.shape(a))), state)
 
+@functools.partial(jax.jit, static_argnums=1)   # one program, not one dispatch per leaf (a Flower node starts cold)
 def client_start(global_state: TrainState, # the global model
                  m: int, # clients in the round
                 ) -> TrainState:
@@ -259,6 +260,18 @@ class RoundResult:
     state: TrainState # the new global model
     agg_state: Any # the rule's new state
 
+@functools.partial(jax.jit, static_argnums=0)
+def server_step(rule: Callable, # the rule's jitted `Aggregator.update`
+                global_params: Any, # the global model's parameters
+                local_params: Any, # the clients' parameters after local training (clients on axis 0)
+                local_stats: Any, # the clients' BatchNorm statistics (clients on axis 0)
+                agg_state: Any, # the rule's state
+               ) -> tuple:
+    "The server's side of a round as one program: (new params, new batch_stats, updates Δ_i, applied update, rule state)."
+    updates = jax.tree.map(lambda c, g: c - g[None], local_params, global_params)
+    applied, agg_state = rule(updates, agg_state)
+    return jax.tree.map(jnp.add, global_params, applied), fedavg(local_stats), updates, applied, agg_state
+
 def fed_round(global_state: TrainState, # the global model
               agg_state: Any, # the rule's state
               aggregator: Aggregator, # the server's rule
@@ -282,11 +295,9 @@ def fed_round(global_state: TrainState, # the global model
                for j in range(len(clients))]
         local = jax.tree.map(lambda *a: jnp.concatenate(a), *one)
     else: local = local_train(start, images, labels, jnp.asarray(index), jnp.asarray(weights))
-    updates = jax.tree.map(lambda c, g: c - g[None], local.params, global_state.params)
-    applied, agg_state = aggregator.update(updates, agg_state)
-    new = global_state.replace(params=jax.tree.map(jnp.add, global_state.params, applied),
-                               batch_stats=fedavg(local.batch_stats))
-    return RoundResult(np.asarray(clients), updates, applied, new, agg_state)
+    params, stats, updates, applied, agg_state = server_step(aggregator.update, global_state.params, local.params,
+                                                             local.batch_stats, agg_state)
+    return RoundResult(np.asarray(clients), updates, applied, global_state.replace(params=params, batch_stats=stats), agg_state)
 
 # %% ../nbs/40_federated.ipynb #643a88fe
 def federation_keys(key: jax.Array) -> tuple:

@@ -9,7 +9,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/flower.html.md"""
 from __future__ import annotations
 import os
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # Flower sends usage telemetry unless this is 0: set before flwr is imported
-import dataclasses, json
+import dataclasses, json, time
 from pathlib import Path
 from typing import Iterable
 import numpy as np
@@ -22,12 +22,12 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from .core import OilwaterError, atomic_save_npz
 from .experiments import FedSettings, RunConfig, get_preset, make_row
 from .federated import (Aggregator, FedSetup, federation_setup, federation_keys, round_key, client_batches,
-                                    client_start, local_train, fedavg)
+                                    client_start, local_train, server_step)
 from . import pipeline
 
 # %% auto #0
 __all__ = ['client_app', 'server_app', 'to_arrays', 'from_arrays', 'flower_cell', 'client_data', 'OilwaterStrategy',
-           'client_train', 'server_main', 'write_flower_app', 'write_flower_config']
+           'PollingGrid', 'client_train', 'server_main', 'write_flower_app', 'write_flower_config']
 
 # %% ../nbs/41_flower.ipynb #08959565
 def to_arrays(tree) -> ArrayRecord:
@@ -94,18 +94,45 @@ class OilwaterStrategy(Strategy):
         if bad or len(replies) < self.min_nodes:
             raise OilwaterError(f"round {server_round}: {len(bad)} client errors, {len(replies)} of {self.min_nodes} replies.")
         replies.sort(key=lambda m: m.content["metrics"]["partition-id"])
-        local = [from_arrays(m.content["arrays"], self.like) for m in replies]
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *local)
-        updates = jax.tree.map(lambda c, g: c - g[None], stacked["params"], self.current["params"])
-        applied, self.agg_state = self.aggregator.update(updates, self.agg_state)
-        new = {"params": jax.tree.map(jnp.add, self.current["params"], applied), "batch_stats": fedavg(stacked["batch_stats"])}
-        return to_arrays(new), MetricRecord({"clients": len(replies)})
+        local = [from_arrays(m.content["arrays"], self.like) for m in replies]   # checks every client's shapes
+        stacked = jax.tree.map(lambda *a: np.stack(a), *local)
+        params, stats, _, _, self.agg_state = server_step(self.aggregator.update, self.current["params"], stacked["params"],
+                                                          stacked["batch_stats"], self.agg_state)
+        return to_arrays({"params": params, "batch_stats": stats}), MetricRecord({"clients": len(replies)})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return []   # the global model is evaluated by the server (or offline), not by the clients
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return None
+
+# %% ../nbs/41_flower.ipynb #2200e8b4
+class PollingGrid(Grid):
+    "A Flower `Grid` that delegates to `grid`, but waits for replies by pulling every `interval` seconds."
+    def __init__(self, grid: Grid, # the grid Flower hands the `ServerApp`
+                 interval: float = 0.2, # seconds between pulls while replies are missing (Flower's HTTP grid: 3)
+                ):
+        if not interval > 0: raise OilwaterError(f"PollingGrid: interval must be > 0 seconds, got {interval}.")
+        self.grid, self.interval = grid, interval
+    def set_run(self, run) -> None: self.grid.set_run(run)
+    @property
+    def run(self): return self.grid.run
+    def create_message(self, *args, **kwargs) -> Message: return self.grid.create_message(*args, **kwargs)
+    def get_node_ids(self) -> Iterable[int]: return self.grid.get_node_ids()
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]: return self.grid.push_messages(messages)
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]: return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        "Push `messages`, then pull until every one has its reply or `timeout` seconds have passed (None: no limit)."
+        waiting, replies = set(self.push_messages(messages)), []
+        end = None if timeout is None else time.time() + timeout
+        while waiting:
+            got = list(self.pull_messages(waiting))
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if not waiting or (end is not None and time.time() >= end): break
+            time.sleep(self.interval)
+        return replies
 
 # %% ../nbs/41_flower.ipynb #aa02cd57
 client_app = ClientApp()
@@ -123,7 +150,7 @@ def client_train(msg: Message, context: Context) -> Message:
                                     round_key(federation_keys(s.key)[2], r))
     out = local_train(client_start(state, 1), jax.device_put(train.images), jax.device_put(train.labels.astype(np.int32)),
                       jnp.asarray(index), jnp.asarray(weights))
-    trained = jax.tree.map(lambda a: a[0], {"params": out.params, "batch_stats": out.batch_stats})
+    trained = jax.tree.map(lambda a: np.asarray(a)[0], {"params": out.params, "batch_stats": out.batch_stats})
     metrics = MetricRecord({"partition-id": c, "num-examples": int(len(s.partition.clients[c]))})
     return Message(content=RecordDict({"arrays": to_arrays(trained), "metrics": metrics}), reply_to=msg)
 
@@ -141,7 +168,7 @@ def server_main(grid: Grid, context: Context) -> None:
     def after_round(r: int, arrays: ArrayRecord):   # Flower calls this with the global model before round 1 and after each
         if out: save(Path(out).with_name(f"{Path(out).stem}_round{r}.npz"), arrays)
         return None
-    result = strategy.start(grid, to_arrays(like), num_rounds=cfg.fed.rounds, evaluate_fn=after_round,
+    result = strategy.start(PollingGrid(grid), to_arrays(like), num_rounds=cfg.fed.rounds, evaluate_fn=after_round,
                             timeout=float(context.run_config.get("timeout", 600)))
     if out: save(Path(out), result.arrays)
 
