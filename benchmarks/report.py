@@ -65,9 +65,8 @@ def profile_summary(path: Path) -> str:
     return (f"Per-layer profile ({info['model']} at {info['px']} px, `{path.relative_to(HERE.parent).as_posix()}`): "
             f"the convolutions (forward and both gradients) take {tot['hybrid']:.0f} ms per step in ours against "
             f"{best_t:.0f} ms in PyTorch's best format ({best_t / tot['hybrid']:.2f}x); the slowest layers against "
-            f"PyTorch: {w}. Single layers timed under load vary by up to 1.6x between identical programs (the hybrid "
-            f"and lax columns of layers that both leave to XLA's convolution), so only the large gaps are findings; the "
-            f"stem's was confirmed in isolation and fixed in `models` (XLA's weight gradient for 3 input channels).\n")
+            f"PyTorch: {w}. The stem's row (3->64 7x7/2) includes an input gradient that a training step never computes. "
+            + load_note({"load_average_start": info.get("load_average"), "cpu_count": info.get("cpu_count")}, "profile_layers.py") + "\n")
 
 
 def attacks_summary(path: Path) -> str:
