@@ -487,7 +487,7 @@ def kernel_metadata(kernel: str = KERNEL_NAME, # the kernelspec the notebooks na
     from ipykernel.ipkernel import IPythonKernel
     try: spec = KernelSpecManager().get_kernel_spec(kernel)
     except NoSuchKernel:
-        raise RuntimeError(f"The Jupyter kernel {kernel!r} is not installed in this environment: it comes with the package "
+        raise OilwaterError(f"The Jupyter kernel {kernel!r} is not installed in this environment: it comes with the package "
                            f"(`pip install -e .` from the repository root installs it under {sys.prefix}/share/jupyter/kernels/).") from None
     return {"kernelspec": {"display_name": spec.display_name, "language": spec.language, "name": kernel},
             "language_info": json.loads(json.dumps(IPythonKernel.language_info))}
