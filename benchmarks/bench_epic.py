@@ -103,9 +103,10 @@ def save(res, args):
     "Write what has been measured so far (a long round may be stopped before the end)."
     if not args.out: return
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    out = dict(res)
+    out = {**old, **res}   # keeps what this run did not measure (e.g. `select_dense` from a `--greedy dense` run)
     if args.skip_grads: out["grads"] = old.get("grads", [])
-    if args.skip_select: out["select"] = old.get("select", [])
+    sel = "select" if args.greedy == "lazy" else "select_dense"
+    if args.skip_select: out[sel] = old.get(sel, [])
     Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
 
 
@@ -114,7 +115,8 @@ def main(argv=None):
     import jax
     info = dict(jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
                 platform=platform.platform(), load_average_start=os.getloadavg())
-    res = dict(info=info, grads=[], select=[])
+    sel = "select" if args.greedy == "lazy" else "select_dense"   # the report shows both
+    res = dict(info=info, grads=[], **{sel: []})
     if not args.skip_grads:   # JAX first, then PyTorch (its OpenMP pool would compete with XLA's threads)
         from oilwater_jax.models import DEFAULT_CPU_MODEL
         specs = [(DEFAULT_CPU_MODEL if s.split(":")[0] == "default" else s.split(":")[0], int(s.split(":")[1])) for s in args.grad_configs]
@@ -128,7 +130,7 @@ def main(argv=None):
             save(res, args)
     if not args.skip_select:
         for n in args.sizes:
-            r = bench_select(n, args); res["select"].append(r)
+            r = bench_select(n, args); res[sel].append(r)
             print(f"EPIC round n={n}: {r['seconds']:.2f} s (proxy {r['proxy_s']:.2f} s, selection {r['select_s']:.2f} s; "
                   f"{r['medoids']} medoids, {r['eliminated']} eliminated; first call {r['first_call_s']:.1f} s, load {r['load_average']:.1f})", flush=True)
             save(res, args)

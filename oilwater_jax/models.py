@@ -43,7 +43,8 @@ class HybridPolicy:
     wgrad_min_channels: int = 64 # im2col weight gradient (`custom_vjp`) only for at least this many output channels
     wgrad_min_positions: int = 1024 # ... and at least this many output positions per image (32×32); else XLA's conv
     wgrad_min_in_channels: int = 16 # ... and at least this many input channels (the 3-channel stem: XLA's conv)
-    slice_max_pool: bool = False # max-pool as a maximum over shifted slices instead of XLA's `reduce_window`
+    slice_max_pool: bool = False # max-pool as a maximum over shifted slices instead of XLA's `reduce_window`, always...
+    slice_max_pool_max_channels: int = 16 # ...or when its input has at most this many channels (the default model's stem)
 
 HYBRID = HybridPolicy() # the measured default
 HYBRID_ALL_PATHS = HybridPolicy(wgrad_min_channels=0, wgrad_min_positions=0, wgrad_min_in_channels=0, slice_max_pool=True) # every replacement on
@@ -155,7 +156,7 @@ def max_pool(x: jax.Array, # [n, h, w, c]
             ) -> jax.Array:
     "Max-pooling with explicit padding, as torchvision's `MaxPool2d(3, 2, 1)` by default."
     impl, padding = resolve_conv_impl(impl), _pairs(padding)
-    if impl == "lax" or not policy.slice_max_pool:
+    if impl == "lax" or not (policy.slice_max_pool or x.shape[-1] <= policy.slice_max_pool_max_channels):
         return nn.max_pool(x, (window, window), (stride, stride), padding)
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
     n, h, w, c = x.shape
