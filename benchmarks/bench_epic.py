@@ -99,14 +99,18 @@ def bench_select(n, args):
     return dict(n=n, greedy=args.greedy, seconds=sec, first_call_s=first, **timings, load_average=os.getloadavg()[0])
 
 
+def select_key(args) -> str:
+    "Where a run's selection rounds go in the results file: the report shows the lazy and the dense greedy side by side."
+    return "select" if args.greedy == "lazy" else "select_dense"
+
+
 def save(res, args):
     "Write what has been measured so far (a long round may be stopped before the end)."
     if not args.out: return
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     out = {**old, **res}   # keeps what this run did not measure (e.g. `select_dense` from a `--greedy dense` run)
     if args.skip_grads: out["grads"] = old.get("grads", [])
-    sel = "select" if args.greedy == "lazy" else "select_dense"
-    if args.skip_select: out[sel] = old.get(sel, [])
+    if args.skip_select: out[select_key(args)] = old.get(select_key(args), [])
     Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
 
 
@@ -115,7 +119,7 @@ def main(argv=None):
     import jax
     info = dict(jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
                 platform=platform.platform(), load_average_start=os.getloadavg())
-    sel = "select" if args.greedy == "lazy" else "select_dense"   # the report shows both
+    sel = select_key(args)
     res = dict(info=info, grads=[], **{sel: []})
     if not args.skip_grads:   # JAX first, then PyTorch (its OpenMP pool would compete with XLA's threads)
         from oilwater_jax.models import DEFAULT_CPU_MODEL

@@ -128,7 +128,7 @@ def render(files: list[Path], profiles: list[Path], attacks: list[Path] = (), ep
     parts += [epic_summary(e) for e in epic if e.exists()]
     parts += [federated_summary(f) for f in federated if f.exists()]
     parts += [profile_summary(p) for p in profiles if p.exists()]
-    if not parts: raise SystemExit(f"no results files among {', '.join(map(str, [*files, *profiles, *attacks]))}")
+    if not parts: raise SystemExit(f"no results files among {', '.join(map(str, [*files, *profiles, *attacks, *epic, *federated]))}")
     return "\n".join(parts)
 
 
@@ -158,10 +158,8 @@ def main(argv=None):
     p.add_argument("--federated", default="results/bench_federated_cpu.json", help="bench_federated.py results")
     p.add_argument("--index", default=None, help="write into this notebook's marked block instead of printing")
     args = p.parse_args(argv)
-    files = [HERE / f for f in args.files.split(",") if f]
-    profiles = [HERE / f for f in args.profiles.split(",") if f]
     paths = lambda a: [HERE / f for f in a.split(",") if f]
-    text = render(files, profiles, paths(args.attacks), paths(args.epic), paths(args.federated))
+    text = render(paths(args.files), paths(args.profiles), paths(args.attacks), paths(args.epic), paths(args.federated))
     if args.index: update_index(Path(args.index), text)
     else: sys.stdout.write(text)
 

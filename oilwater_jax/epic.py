@@ -47,6 +47,13 @@ def proxy_similarity(g: jax.Array, # float [n, d], one proxy per sample
 # %% ../nbs/30_epic.ipynb #bb53ff4e
 TIE_TOLERANCE = 1e-5 # gains within this relative distance of the best tie (float32 sums of n terms)
 
+def _tie_band(best): return best - TIE_TOLERANCE * jnp.abs(best)   # gains at or above this tie with `best`
+
+def _pick(gains):
+    "The best gain and the lowest index among (float32) ties."
+    best = jnp.max(gains)
+    return best, jnp.argmax(gains >= _tie_band(best))
+
 @jax.jit
 def _greedy_dense(S, valid, budget):
     "Every candidate's gain at every step (the plain greedy; `_greedy`'s test oracle)."
@@ -56,9 +63,7 @@ def _greedy_dense(S, valid, budget):
     def body(c):
         t, cover, chosen, order, _ = c
         gains = jnp.sum(jnp.maximum(S - cover[:, None], 0.0), axis=0)
-        gains = jnp.where(valid & ~chosen, gains, -jnp.inf)
-        best = jnp.max(gains)
-        j = jnp.argmax(gains >= best - TIE_TOLERANCE * jnp.abs(best))   # the lowest index among (float32) ties
+        best, j = _pick(jnp.where(valid & ~chosen, gains, -jnp.inf))
         take = best > 0
         return (t + take.astype(jnp.int32), jnp.where(take, jnp.maximum(cover, S[:, j]), cover),
                 chosen.at[j].set(chosen[j] | take), order.at[t].set(jnp.where(take, j, -1)), ~take)
@@ -75,9 +80,6 @@ def _greedy(S, valid, budget):
     B = min(LAZY_BATCH, n - 1)
     S = jnp.where(valid[:, None] & valid[None, :], S, 0.0)
     T = S.T   # row j of T is column j of S: a candidate's similarities are contiguous in memory
-    def pick(gains):   # the best gain and the lowest index among (float32) ties
-        best = jnp.max(gains)
-        return best, jnp.argmax(gains >= best - TIE_TOLERANCE * jnp.abs(best))
     def cond(c): return (c[0] < budget) & ~c[4]
     def body(c):
         t, cover, chosen, order, _, bound = c
@@ -86,13 +88,13 @@ def _greedy(S, valid, budget):
         exact = jnp.sum(jnp.maximum(T[cand] - cover[None, :], 0.0), axis=1)
         exact = jnp.where(top[:B] > -jnp.inf, exact, -jnp.inf)
         best = jnp.max(exact)
-        certified = top[B] < best - TIE_TOLERANCE * jnp.abs(best)   # no other candidate can reach the tie band
+        band = _tie_band(best)
+        certified = top[B] < band   # no other candidate can reach the tie band
         def lazy(_):
-            tied = exact >= best - TIE_TOLERANCE * jnp.abs(best)
-            return bound.at[cand].set(exact), best, jnp.min(jnp.where(tied, cand, n))
+            return bound.at[cand].set(exact), best, jnp.min(jnp.where(exact >= band, cand, n))
         def dense(_):
             gains = jnp.where(valid & ~chosen, jnp.sum(jnp.maximum(T - cover[None, :], 0.0), axis=1), -jnp.inf)
-            return (gains,) + pick(gains)
+            return (gains,) + _pick(gains)
         bound, best, j = jax.lax.cond(certified, lazy, dense, None)
         take = best > 0
         return (t + take.astype(jnp.int32), jnp.where(take, jnp.maximum(cover, T[j]), cover),

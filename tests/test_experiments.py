@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from oilwater_jax.core import OilwaterError
-from oilwater_jax.experiments import (FIVE_SEED_TABLES, HEADLINE_SEEDS, HEADLINE_TABLES, METHOD_NAMES, METHOD_STAGES, PAPER_TABLE_IDS, PRESETS, SCALING_NOTES, TABLES,
+from oilwater_jax.experiments import (FIVE_SEED_TABLES, HEADLINE_SEEDS, METHOD_NAMES, METHOD_STAGES, PAPER_TABLE_IDS, PRESETS, SCALING_NOTES, TABLES,
                                       PaperValue, claim_lookup, make_row, paper_values, scaling_summary)
 
 PAPER = Path("/work/shared/paper/paper.txt")
