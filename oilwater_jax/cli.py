@@ -376,9 +376,8 @@ _PLUGIN = typer.Option([], "--plugin", help="Module or .py file registering extr
 def reproduce_cmd(tables: Optional[List[str]] = _TABLES,
               preset: str = typer.Option("cpu", help="Preset: smoke, cpu or paper."),
               seeds: Optional[str] = typer.Option(None, "--seeds",
-                                                  help="Seeds, e.g. --seeds 0 1 2 (default: each row's; cpu runs 5 for "
-                                                       "baseline, fed_attack, tables 1-3, 5, 7, 9-12 and figure 1 "
-                                                       "(`experiments.FIVE_SEED_TABLES`) and 3 elsewhere, paper 3, smoke 1)."),
+                                                  help="Seeds, e.g. --seeds 0 1 2 (default: each row's; cpu runs 5 "
+                                                       "(`experiments.FIVE_SEED_TABLES`), paper 3, smoke 1)."),
               results: Path = typer.Option(Path("results"), "--results", help="Results folder."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Only list the cells to run and the time estimate."),
               plugin: List[str] = _PLUGIN,
