@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 import numpy as np
 import jax, jax.numpy as jnp
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
@@ -26,19 +26,39 @@ from .federated import (Aggregator, FedSetup, federation_setup, federation_keys,
 from . import pipeline
 
 # %% auto #0
-__all__ = ['client_app', 'server_app', 'to_arrays', 'from_arrays', 'flower_cell', 'client_data', 'OilwaterStrategy',
-           'PollingGrid', 'client_train', 'server_main', 'write_flower_app', 'write_flower_config']
+__all__ = ['PACKED', 'client_app', 'server_app', 'to_arrays', 'from_arrays', 'flower_cell', 'client_data', 'OilwaterStrategy',
+           'PollingGrid', 'node_update', 'client_train', 'server_main', 'write_flower_app', 'write_flower_config']
 
 # %% ../nbs/41_flower.ipynb #08959565
-def to_arrays(tree) -> ArrayRecord:
-    "An `ArrayRecord` of a pytree's leaves (NumPy, in `jax.tree` order)."
-    return ArrayRecord([np.asarray(x) for x in jax.tree.leaves(tree)])
+PACKED = "packed:" # the key prefix of a packed record's arrays, followed by the dtype's name
 
-def from_arrays(record: ArrayRecord, # arrays in `jax.tree` order
-                like, # a pytree with the expected structure
+def to_arrays(tree, # a pytree of arrays
+              packed: bool = True, # one flat array per dtype (True) or one array per leaf
+             ) -> ArrayRecord:
+    "An `ArrayRecord` of a pytree's leaves, in `jax.tree` order."
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+    if not packed: return ArrayRecord(leaves)
+    dtypes = dict.fromkeys(l.dtype for l in leaves)                  # in order of first use
+    return ArrayRecord({PACKED + d.name: Array(np.concatenate([l.ravel() for l in leaves if l.dtype == d]))
+                        for d in dtypes})
+
+def from_arrays(record: ArrayRecord, # packed or one array per leaf, in `jax.tree` order
+                like, # a pytree with the expected structure, shapes and dtypes
                ):
     "The pytree `like` with its leaves replaced by the record's arrays (shapes checked)."
     leaves, treedef = jax.tree.flatten(like)
+    if all(k.startswith(PACKED) for k in record.keys()) and len(record):
+        flat = {k[len(PACKED):]: a.numpy() for k, a in record.items()}
+        need = {}
+        for l in leaves: need[jnp.dtype(l.dtype).name] = need.get(jnp.dtype(l.dtype).name, 0) + int(np.size(l))
+        got = {d: int(a.size) for d, a in flat.items()}
+        if got != need:
+            raise OilwaterError(f"from_arrays: the packed record holds {got} values by dtype; the model needs {need}.")
+        offset, out = dict.fromkeys(need, 0), []
+        for l in leaves:
+            d, n = jnp.dtype(l.dtype).name, int(np.size(l))
+            out.append(jnp.asarray(flat[d][offset[d]:offset[d] + n].reshape(jnp.shape(l)))); offset[d] += n
+        return jax.tree.unflatten(treedef, out)
     arrays = record.to_numpy_ndarrays()
     if len(arrays) != len(leaves) or any(a.shape != jnp.shape(l) for a, l in zip(arrays, leaves)):
         raise OilwaterError(f"from_arrays: {len(arrays)} arrays do not match the model's {len(leaves)} leaves.")
@@ -135,24 +155,33 @@ class PollingGrid(Grid):
         return replies
 
 # %% ../nbs/41_flower.ipynb #aa02cd57
+def node_update(run_config: dict, # the Flower run config (see `flower_cell`)
+                partition_id: int, # the node's partition
+                server_round: int, # the round (1-based): it seeds the batch order
+                global_vars=None, # {"params", "batch_stats"} of the global model (None: the initial one)
+               ) -> dict:
+    "A node's round: its partition's local training from the global model, as the simulation's client runs it (NumPy)."
+    cfg, seed, data, s = client_data(run_config)
+    train = data.split("train")
+    g = global_vars if global_vars is not None else {"params": s.state.params, "batch_stats": s.state.batch_stats}
+    state = s.state.replace(params=g["params"], batch_stats=g["batch_stats"])
+    index, weights = client_batches(s.partition, np.array([partition_id]), train.group_ids, s.local.epochs,
+                                    s.local.batch_size, round_key(federation_keys(s.key)[2], server_round))
+    out = local_train(client_start(state, 1), jax.device_put(train.images), jax.device_put(train.labels.astype(np.int32)),
+                      jnp.asarray(index), jnp.asarray(weights))
+    return jax.tree.map(lambda a: np.asarray(a)[0], {"params": out.params, "batch_stats": out.batch_stats})
+
 client_app = ClientApp()
 
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
-    "Train the node's partition from the received global model with our jitted local training."
+    "Train the node's partition from the received global model with our jitted local training (`node_update`)."
     cfg, seed, data, s = client_data(context.run_config)
     c, r = int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"])
-    train = data.split("train")
-    like = {"params": s.state.params, "batch_stats": s.state.batch_stats}
-    g = from_arrays(msg.content["arrays"], like)
-    state = s.state.replace(params=g["params"], batch_stats=g["batch_stats"])
-    index, weights = client_batches(s.partition, np.array([c]), train.group_ids, s.local.epochs, s.local.batch_size,
-                                    round_key(federation_keys(s.key)[2], r))
-    out = local_train(client_start(state, 1), jax.device_put(train.images), jax.device_put(train.labels.astype(np.int32)),
-                      jnp.asarray(index), jnp.asarray(weights))
-    trained = jax.tree.map(lambda a: np.asarray(a)[0], {"params": out.params, "batch_stats": out.batch_stats})
+    g = from_arrays(msg.content["arrays"], {"params": s.state.params, "batch_stats": s.state.batch_stats})
     metrics = MetricRecord({"partition-id": c, "num-examples": int(len(s.partition.clients[c]))})
-    return Message(content=RecordDict({"arrays": to_arrays(trained), "metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({"arrays": to_arrays(node_update(context.run_config, c, r, g)), "metrics": metrics}),
+                   reply_to=msg)
 
 server_app = ServerApp()
 
@@ -164,7 +193,7 @@ def server_main(grid: Grid, context: Context) -> None:
     strategy = OilwaterStrategy(s.aggregator, like, cfg.fed.n_clients)
     out = str(context.run_config.get("out", ""))
     def save(path, arrays):
-        atomic_save_npz(path, **{f"leaf{i}": a for i, a in enumerate(arrays.to_numpy_ndarrays())})
+        atomic_save_npz(path, **{f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(from_arrays(arrays, like)))})
     def after_round(r: int, arrays: ArrayRecord):   # Flower calls this with the global model before round 1 and after each
         if out: save(Path(out).with_name(f"{Path(out).stem}_round{r}.npz"), arrays)
         return None

@@ -110,7 +110,8 @@ def test_loopback_deployment_equals_in_process_simulation(tmp_path):
     if shutil.which("flower-superlink", path=str(BIN)) is None:
         pytest.skip("flwr's executables are not installed in this environment")
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(tmp_path / "flwr_home"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore",
+           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}   # SuperExecs look for a ServerApp/ClientApp to start every 0.1 s (1 s)
     out = tmp_path / "final.npz"
     app = write_flower_app(tmp_path / "app", {**RUN_CONFIG, "out": str(out)})
     link = _free_port()
@@ -121,27 +122,29 @@ def test_loopback_deployment_equals_in_process_simulation(tmp_path):
         p = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, cwd=tmp_path, stdout=logs[name], stderr=subprocess.STDOUT)
         pids.append(p.pid)
         return p
-    # The in-process reference runs in a thread while the SuperLink and SuperNodes start. Its first round compiles the
-    # programs every ClientApp and the ServerApp run (`client_start`, `local_train` for one client, `server_step`) into
-    # the persistent compilation cache; the run is submitted after it, so that three ClientApp processes do not compile
-    # the same programs at once on a cold cache (CI's): measured here with an empty
-    # cache: 85 s with the submission at once, 74 s after.
-    reference, first_round = {}, threading.Event()
+    # The in-process reference runs in a thread while the SuperLink and SuperNodes start. It first runs a node's round 1
+    # (`node_update`, as a ClientApp does), which compiles `client_start` and `local_train` into the persistent
+    # compilation cache; the run is submitted after that, so that three ClientApp processes do not compile the same
+    # program at once on a cold cache (CI's). The ServerApp's `server_step` is compiled by the reference's first round
+    # while the ServerApp starts.
+    reference, compiled = {}, threading.Event()
     def simulate():
         try:
+            flower.node_update(RUN_CONFIG, 0, 1)
+            compiled.set()
             cfg, seed = flower_cell(RUN_CONFIG)
             data = pipeline.run_data(cfg)
             s = federation_setup(cfg, data, seed)
             history = []
             run_federation(data, s.partition, s.aggregator, cfg.fed, s.local, s.key, model=s.model, state=s.state,
                            per_client=True,
-                           on_round=lambda res: (history.append([np.asarray(x) for x in jax.tree.leaves(
-                               {"params": res.state.params, "batch_stats": res.state.batch_stats})]), first_round.set()))
+                           on_round=lambda res: history.append([np.asarray(x) for x in jax.tree.leaves(
+                               {"params": res.state.params, "batch_stats": res.state.batch_stats})]))
             reference.update(like=[np.asarray(x) for x in jax.tree.leaves({"params": s.state.params, "batch_stats": s.state.batch_stats})],
                              history=history)
         except BaseException as e:   # re-raised in the test's thread
             reference["error"] = e
-        first_round.set()
+        compiled.set()
     worker = threading.Thread(target=simulate, daemon=True)
     try:
         start("superlink", "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
@@ -152,7 +155,7 @@ def test_loopback_deployment_equals_in_process_simulation(tmp_path):
                   "--max-retries", "30")
         worker.start()
         _wait_for_port(link, 90)
-        first_round.wait(300)
+        compiled.wait(300)
         run = subprocess.run([str(BIN / "flwr"), "run", str(app), "loopback", "--stream"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)
         deadline = time.time() + 30                                    # the ServerApp writes the model as it ends
