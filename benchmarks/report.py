@@ -1,5 +1,5 @@
 """The README's benchmark tables, generated from the results files of `bench_train.py`, `bench_attacks.py`,
-`bench_epic.py`, `bench_federated.py` and `profile_layers.py`.
+`bench_epic.py`, `bench_federated.py`, `profile_layers.py` and `conv_kernels.py`.
 
     python benchmarks/report.py                                   # print the Markdown
     python benchmarks/report.py --index nbs/index.ipynb           # replace the block between the markers in the
@@ -121,13 +121,28 @@ def federated_summary(path: Path) -> str:
                        "cpus": res["info"].get("cpus")}, "bench_federated.py") + "\n")
 
 
+def kernels_summary(path: Path) -> str:
+    "One sentence: GFLOP/s of XLA's convolution, its matmul, im2col and Winograd against PyTorch's, per shape."
+    res = json.loads(path.read_text())
+    g = lambda r, k: f"{r[k + '_gflops']:.0f}"
+    shapes = "; ".join(f"{r['c']}->{r['c']} at {r['hw']} px: XLA conv {g(r, 'xla_conv')}, XLA matmul {g(r, 'xla_matmul_only')}, "
+                       f"im2col {g(r, 'im2col_matmul')}, Winograd {g(r, 'winograd_f2x3')}, PyTorch conv "
+                       f"{g(r, 'torch_channels_last_conv')}, torch.mm {g(r, 'torch_mm_only')}" for r in res["rows"])
+    return (f"What limits ResNet-18 at 64 px (`{path.relative_to(HERE.parent).as_posix()}`, forward 3x3/1 convolutions, "
+            f"GFLOP/s of the direct convolution, batch {res['rows'][0]['batch']}): {shapes}. XLA's matrix multiply keeps up "
+            f"with PyTorch's `torch.mm`; oneDNN's `channels_last` convolution is faster than either GEMM, and the GEMM-based "
+            f"lowerings built from XLA operations (im2col, Winograd F(2x2, 3x3)) lose more to their data movement than "
+            f"they gain, so the gap is XLA:CPU's convolution kernel. " + load_note(res["info"], "conv_kernels.py") + "\n")
+
+
 def render(files: list[Path], profiles: list[Path], attacks: list[Path] = (), epic: list[Path] = (),
-           federated: list[Path] = ()) -> str:
+           federated: list[Path] = (), kernels: list[Path] = ()) -> str:
     parts = [train_table(f) for f in files if f.exists()]
     parts += [attacks_summary(a) for a in attacks if a.exists()]
     parts += [epic_summary(e) for e in epic if e.exists()]
     parts += [federated_summary(f) for f in federated if f.exists()]
     parts += [profile_summary(p) for p in profiles if p.exists()]
+    parts += [kernels_summary(k) for k in kernels if k.exists()]
     if not parts: raise SystemExit(f"no results files among {', '.join(map(str, [*files, *profiles, *attacks, *epic, *federated]))}")
     return "\n".join(parts)
 
@@ -156,10 +171,12 @@ def main(argv=None):
     p.add_argument("--attacks", default="results/bench_attacks_cpu_fair.json,results/bench_attacks_cpu_r18_64.json", help="bench_attacks.py results")
     p.add_argument("--epic", default="results/bench_epic_cpu.json", help="bench_epic.py results")
     p.add_argument("--federated", default="results/bench_federated_cpu.json", help="bench_federated.py results")
+    p.add_argument("--kernels", default="results/conv_kernels_cpu.json", help="conv_kernels.py results")
     p.add_argument("--index", default=None, help="write into this notebook's marked block instead of printing")
     args = p.parse_args(argv)
     paths = lambda a: [HERE / f for f in a.split(",") if f]
-    text = render(paths(args.files), paths(args.profiles), paths(args.attacks), paths(args.epic), paths(args.federated))
+    text = render(paths(args.files), paths(args.profiles), paths(args.attacks), paths(args.epic), paths(args.federated),
+                  paths(args.kernels))
     if args.index: update_index(Path(args.index), text)
     else: sys.stdout.write(text)
 
