@@ -326,8 +326,9 @@ KNOWN_REASONS = {
         "the Waterbirds-like cpu preset's smallest group has 14 training images, too few for JTT's copies to generalise "
         "(22_jtt: on the full embedded set JTT does raise WGA)",
     ("table6", "ASR − ASR[poison_fraction=0.01] > 10"):
-        "the cpu preset's backdoor already succeeds at 1% on its small from-scratch model, so the trend is compressed "
-        "(tutorial 02)",
+        "on the cpu preset the ASR grows with the fraction at every step, but the fine-tuned 0.7 M-parameter model at "
+        "32 px learns the trigger less readily than the paper's ResNet at 224 px: its ASR stays below the paper's from "
+        "0.6% on, and the gap from 1% to 2% lies near the claim's 10 points (tutorial 02)",
 } # (table id, claim's describe()) -> why it fails on the cpu preset, where we know
 
 def claim_counts(results: Results, # indexed cell records
