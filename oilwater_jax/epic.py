@@ -156,19 +156,21 @@ def epic_select(proxies: np.ndarray, # float [n, d], gradient proxies of the rem
                 labels: np.ndarray, # int [n]
                 subset_size: float = 0.1, # B / N (`EpicSettings.subset_size`)
                 threshold: int = 1, # clusters with at most this many members are eliminated
+                greedy: str = "lazy", # "lazy" (bounds on the gains) or "dense" (every gain at every step): the same medoids
                ) -> EpicSelection:
     "Per-class greedy facility location, cluster weights, and the samples EPIC eliminates."
     proxies, labels = np.asarray(proxies, np.float32), np.asarray(labels)
     if proxies.ndim != 2 or len(proxies) != len(labels):
         raise OilwaterError(f"epic_select: proxies must be [n, d] with n = {len(labels)} labels, got {proxies.shape}.")
     if not 0 < subset_size <= 1: raise OilwaterError(f"subset_size must be in (0, 1], got {subset_size}.")
+    run_greedy = {"lazy": _greedy, "dense": _greedy_dense}[check_choice(greedy, ("lazy", "dense"), "greedy")]
     medoids, weights, assignment = [], [], np.zeros(len(labels), np.int64)
     for c, k in class_budgets(labels, subset_size).items():
         idx = np.flatnonzero(labels == c)
         m = _bucket(len(idx))
         gp = np.zeros((m, proxies.shape[1]), np.float32); gp[:len(idx)] = proxies[idx]
         S = proxy_similarity(jnp.asarray(gp))
-        order, t = _greedy(S, jnp.arange(m) < len(idx), jnp.int32(min(k, len(idx))))
+        order, t = run_greedy(S, jnp.arange(m) < len(idx), jnp.int32(min(k, len(idx))))
         order = np.asarray(order)[:int(t)]
         near = np.asarray(S)[:len(idx)][:, order].argmax(axis=1)
         assignment[idx] = sum(len(x) for x in medoids) + near
