@@ -451,7 +451,7 @@ def fill_estimates(text: str, # Markdown holding `<!-- estimate: PRESET [TABLE .
                   ) -> str:
     "Each estimate marker followed by the preset's cell count, estimated time (`runner.plan`) and the finished cells' measured time."
     if not ESTIMATE_MARKER.search(text): return text
-    from oilwater_jax.runner import plan, load_methods, read_record, CorruptResultsFile
+    from oilwater_jax.runner import plan, load_methods
     from oilwater_jax.experiments import format_seconds
     load_methods()
     def one(m):
@@ -460,11 +460,7 @@ def fill_estimates(text: str, # Markdown holding `<!-- estimate: PRESET [TABLE .
         from oilwater_jax.pretrain import PRETRAIN_SECONDS
         pre = sum(PRETRAIN_SECONDS.get(mod, PRETRAIN_SECONDS["*"]) for mod in {c.cfg.model for c in cells if c.cfg.init == "corpus"})
         note = " (its corpus pretraining included)" if pre else ""
-        walls = []
-        for c in cells:
-            if c.status != "done": continue
-            try: walls.append(read_record(c.path)["provenance"]["wall_seconds"])
-            except CorruptResultsFile: pass
+        walls = [c.wall_seconds for c in cells if c.status == "done"]
         if walls: note += (f"; measured, the cells finished in `results/` ({len(walls)} of them) took {format_seconds(sum(walls))} "
                            "when they ran (each cell's `provenance.wall_seconds`; a stage shared by several cells counts once)")
         return f"{m.group(0)}: {len(cells)} cells, **about {format_seconds(pre + sum(c.estimate for c in cells))}** on 2 cores by its own estimate{note}"

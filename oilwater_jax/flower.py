@@ -49,14 +49,14 @@ def from_arrays(record: ArrayRecord, # packed or one array per leaf, in `jax.tre
     leaves, treedef = jax.tree.flatten(like)
     if all(k.startswith(PACKED) for k in record.keys()) and len(record):
         flat = {k[len(PACKED):]: a.numpy() for k, a in record.items()}
+        kinds = [(jnp.dtype(l.dtype).name, int(np.size(l))) for l in leaves]
         need = {}
-        for l in leaves: need[jnp.dtype(l.dtype).name] = need.get(jnp.dtype(l.dtype).name, 0) + int(np.size(l))
+        for d, n in kinds: need[d] = need.get(d, 0) + n
         got = {d: int(a.size) for d, a in flat.items()}
         if got != need:
             raise OilwaterError(f"from_arrays: the packed record holds {got} values by dtype; the model needs {need}.")
         offset, out = dict.fromkeys(need, 0), []
-        for l in leaves:
-            d, n = jnp.dtype(l.dtype).name, int(np.size(l))
+        for l, (d, n) in zip(leaves, kinds):
             out.append(jnp.asarray(flat[d][offset[d]:offset[d] + n].reshape(jnp.shape(l)))); offset[d] += n
         return jax.tree.unflatten(treedef, out)
     arrays = record.to_numpy_ndarrays()

@@ -304,6 +304,7 @@ class PlannedCell:
     needed: tuple # metric names the tables need from it
     status: str # "done", "missing", "failed", "corrupt", "outdated" or "not implemented"
     estimate: float # expected wall seconds if it runs
+    wall_seconds: float | None = None # a finished cell's measured wall time (its record's provenance)
 
 @dataclass
 class RunReport:
@@ -401,19 +402,21 @@ def plan(tables: Sequence[str | Table] | str, # table ids or `Table`s; "all" for
             method = cfg.row.method
             path = cell_path(results_dir, cfg, seed)
             est = measured.get((method, cfg.model), measured.get(method, declared_cell_seconds(preset, method)))
-            cells[key] = PlannedCell(cfg, seed, key, path, [], (), _status(path, method, retry_failed), est)
+            cells[key] = PlannedCell(cfg, seed, key, path, [], (), *_status(path, method, retry_failed, est))
         c = cells[key]
         c.rows.append((t.id, tuple(r.label)))
         c.needed = tuple(sorted(set(c.needed) | set(t.metrics)))
     return RunReport(preset, list(cells.values()), dry_run=True)
 
-def _status(path: Path, method: str, retry_failed: bool) -> str:
-    if not is_implemented(method): return "not implemented"
-    if not path.exists(): return "missing"
+def _status(path: Path, method: str, retry_failed: bool, estimate: float) -> tuple:
+    "(status, estimate, measured wall seconds or None) of a planned cell, from its record if there is one."
+    if not is_implemented(method): return "not implemented", estimate, None
+    if not path.exists(): return "missing", estimate, None
     try: rec = read_record(path)
-    except CorruptResultsFile: return "corrupt"
-    if rec["status"] == "ok" and rec.get("definitions", 1) < DEFINITIONS_VERSION: return "outdated"
-    return "done" if rec["status"] == "ok" or not retry_failed else "failed"
+    except CorruptResultsFile: return "corrupt", estimate, None
+    wall = rec["provenance"]["wall_seconds"]
+    if rec["status"] == "ok" and rec.get("definitions", 1) < DEFINITIONS_VERSION: return "outdated", estimate, wall
+    return ("done" if rec["status"] == "ok" or not retry_failed else "failed"), estimate, wall
 
 
 

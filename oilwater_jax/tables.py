@@ -24,8 +24,9 @@ from .metrics import DEFINITIONS_VERSION
 __all__ = ['CLAIM_MARKS', 'UNCHECKED_PRESETS', 'SMOKE_BANNER', 'ACC_SHOWN', 'ACC_NOTE', 'OUTDATED_NOTE', 'KNOWN_REASONS',
            'HEADLINES', 'SERIES_STYLE', 'Results', 'RowSummary', 'summarize_row', 'format_mean_std', 'format_paper',
            'claim_marks', 'ClaimCheck', 'claim_checks', 'table_rows', 'table_footnotes', 'render_markdown',
-           'render_html', 'claim_counts', 'claims_summary', 'headline_table', 'paper_distance', 'ceiling_note',
-           'plot_figure1', 'render_page', 'write_tables_page', 'missing_inputs', 'reproduce_command', 'tables_command']
+           'render_html', 'claim_counts', 'claims_summary', 'find_row', 'headline_table', 'paper_distance',
+           'ceiling_note', 'plot_figure1', 'render_page', 'write_tables_page', 'missing_inputs', 'reproduce_command',
+           'tables_command']
 
 # %% ../nbs/52_tables.ipynb #d3f3521b
 class Results:
@@ -391,6 +392,15 @@ HEADLINES = ( # (table id, row label, metrics): the rows the README and the tabl
     ("table12", ("Stop = 7",), ("wga", "asr")),
 )
 
+def find_row(table_id: str, # a registered table
+             label: Sequence, # the row's label, e.g. ("JTT", "Waterbirds")
+            ) -> Row:
+    "The row of `table_id` labelled `label`, or an `OilwaterError` saying the table has no such row."
+    table = get_table(table_id)
+    row = next((r for r in table.rows if tuple(r.label) == tuple(label)), None)
+    if row is None: raise OilwaterError(f"{table.title} has no row {tuple(label)}.")
+    return row
+
 def headline_table(results: Results, # indexed cell records
                    preset: str = "cpu", # preset name
                    headlines: Sequence = HEADLINES, # (table id, row label, metrics) triples
@@ -398,9 +408,7 @@ def headline_table(results: Results, # indexed cell records
     "Markdown: each headline row's metrics, ours (mean ± std, seeds) beside the paper's."
     lines = [f"| table | row | ours (`{preset}` preset) | seeds | paper |", "|---|---|---|---|---|"]
     for tid, label, metrics in headlines:
-        table = get_table(tid)
-        row = next((r for r in table.rows if tuple(r.label) == tuple(label)), None)
-        if row is None: raise OilwaterError(f"HEADLINES: {table.title} has no row {label}.")
+        table, row = get_table(tid), find_row(tid, label)
         s = summarize_row(row, metrics, results, preset)
         ours = ("; ".join(f"{METRICS[m].label} {format_mean_std(s.mean.get(m), s.std.get(m), m)}" for m in metrics)
                 if s.has_numbers else s.status)
@@ -420,13 +428,11 @@ def paper_distance(results: Results, # indexed cell records
     lines = [f"| table (`{preset}` preset) | metric | rows | ours − paper, median | min … max | within ±{within:g} |",
              "|---|---|---|---|---|---|"]
     for t in resolve_tables(list(PAPER_TABLE_IDS) if tables is None else tables):
-        for m in (m for m in metrics if m in t.metrics):
-            diffs = []
-            for r in t.rows:
-                v = r.paper.get(m)
-                if v is None or v.missing: continue
-                s = summarize_row(r, (m,), results, preset)
-                if s.has_numbers and isinstance(s.mean.get(m), (int, float)): diffs.append(s.mean[m] - v.mean)
+        shown = [m for m in metrics if m in t.metrics]
+        summaries = [(r, summarize_row(r, shown, results, preset)) for r in t.rows] if shown else []
+        for m in shown:
+            diffs = [s.mean[m] - r.paper[m].mean for r, s in summaries
+                     if m in r.paper and not r.paper[m].missing and s.has_numbers and isinstance(s.mean.get(m), (int, float))]
             if diffs:
                 lines.append(f"| {t.title} | {METRICS[m].label} | {len(diffs)} | {np.median(diffs):+.1f} | "
                              f"{min(diffs):+.1f} … {max(diffs):+.1f} | {sum(abs(d) <= within for d in diffs)}/{len(diffs)} |")
@@ -436,8 +442,7 @@ def ceiling_note(results: Results, # indexed cell records
                  preset: str = "cpu", # preset name
                 ) -> str:
     "One sentence: the oracle's WGA on the Waterbirds-like set beside the paper's JTT WGA of Table 2 ('' without results)."
-    oracle = next(r for r in TABLES["baseline"].rows if tuple(r.label) == ("ERM, group-balanced (oracle)", "Waterbirds"))
-    s = summarize_row(oracle, ("wga",), results, preset)
+    s = summarize_row(find_row("baseline", ("ERM, group-balanced (oracle)", "Waterbirds")), ("wga",), results, preset)
     paper = [r.paper["wga"].mean for r in TABLES["table2"].rows
              if r.label[:2] == ("JTT", "Waterbirds") and "wga" in r.paper and not r.paper["wga"].missing]
     if not (s.has_numbers and paper): return ""

@@ -18,10 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from oilwater_jax import flower
-from oilwater_jax.flower import (OilwaterStrategy, to_arrays, from_arrays, write_flower_app, write_flower_config,
-                                 flower_cell)
-from oilwater_jax.federated import make_aggregator, trimmed_mean, fedavg, federation_setup, run_federation
-from oilwater_jax import pipeline
+from oilwater_jax.flower import OilwaterStrategy, to_arrays, from_arrays, write_flower_app, write_flower_config
+from oilwater_jax.federated import make_aggregator, trimmed_mean, fedavg, run_federation
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -132,9 +130,7 @@ def test_loopback_deployment_equals_in_process_simulation(tmp_path):
         try:
             flower.node_update(RUN_CONFIG, 0, 1)
             compiled.set()
-            cfg, seed = flower_cell(RUN_CONFIG)
-            data = pipeline.run_data(cfg)
-            s = federation_setup(cfg, data, seed)
+            cfg, seed, data, s = flower.client_data(RUN_CONFIG)   # the setup node_update built (the nodes build the same)
             history = []
             run_federation(data, s.partition, s.aggregator, cfg.fed, s.local, s.key, model=s.model, state=s.state,
                            per_client=True,
