@@ -187,12 +187,13 @@ def bench_torch(name, args, d, device="cpu", fmt="contiguous"):
 def main(argv=None):
     args = parse_args(argv)
     import jax
-    from oilwater_jax.models import DEFAULT_CPU_MODEL
+    from oilwater_jax.models import DEFAULT_CPU_MODEL, resolve_conv_impl
     name = args.model or DEFAULT_CPU_MODEL
     d = inputs(args)
     info = dict(jax=jax.__version__, backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), cpu_count=os.cpu_count(), platform=platform.platform(),
                 model=name, px=args.size, poisons=args.poisons, targets=args.targets, examples=args.examples,
-                chunk=args.chunk, load_average_start=os.getloadavg())
+                chunk=args.chunk, load_average_start=os.getloadavg(),
+                conv_impl=resolve_conv_impl("auto")) # the lowering the models use: set OILWATER_CONV_IMPL=onednn for oneDNN
     t0 = time.perf_counter()
     res = {"jax": bench_jax(name, args, d)}
     if not args.no_torch:

@@ -115,8 +115,10 @@ def save(res, args):
 def main(argv=None):
     args = parse_args(argv)
     import jax
+    from oilwater_jax.models import resolve_conv_impl
     info = dict(jax=jax.__version__, backend=jax.default_backend(), cpu_count=os.cpu_count(),
-                platform=platform.platform(), load_average_start=os.getloadavg())
+                platform=platform.platform(), load_average_start=os.getloadavg(),
+                conv_impl=resolve_conv_impl("auto")) # set OILWATER_CONV_IMPL=onednn for oneDNN
     sel = select_key(args)
     res = dict(info=info, grads=[], **{sel: []})
     if not args.skip_grads:   # JAX first, then PyTorch (its OpenMP pool would compete with XLA's threads)

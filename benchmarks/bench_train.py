@@ -43,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--torch-configs", default="eager,channels_last", help="PyTorch configurations: eager, channels_last, "
                    "compile, channels_last_compile (torch.compile costs about a minute per model on a small CPU)")
+    p.add_argument("--torch-process", action="store_true", help="run PyTorch in its own process (interleaved rounds "
+                   "as before): its bundled OpenMP runtime then shares no process with XLA's threads or oneDNN's")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over rounds are reported")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per round at most (at least 2)")
     p.add_argument("--budget", type=float, default=3.0, help="stop repeating within a round after this many seconds")
@@ -51,6 +53,8 @@ def parse_args(argv=None):
                    "the batch is split over them, so it must be a multiple of their number")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. the XLA_FLAGS tried)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--append", action="store_true", help="add this run to the runs already in --out; the rows become "
+                   "medians over the runs (separate processes) with each ratio's range")
     return p.parse_args(argv)
 
 
@@ -149,6 +153,50 @@ def bench_torch(name, size, args, work, device, config="eager"):
     return out
 
 
+class TorchWorker:
+    """The PyTorch side in a process of its own (`--torch-process`). PyTorch's wheel bundles a `libgomp.so.1`; in one
+    process with JAX, whichever copy loads first serves oneDNN as well (same soname), and with PyTorch's copy the
+    `onednn` lowering ran 1.3-1.4x slower (measured here); loading the system's copy first slowed the hybrid lowering
+    and PyTorch instead. Each framework in its own process is also how a user runs it."""
+    def __init__(self, args):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_torch_worker, args=(child, args), daemon=True)
+        self.proc.start()
+
+    def __call__(self, *msg):
+        self.conn.send(msg)
+        ok, value = self.conn.recv()
+        if not ok: raise RuntimeError(f"PyTorch worker, {msg[0]}: {value}")
+        return value
+
+    def close(self):
+        self("stop"); self.proc.join(timeout=30)
+
+
+def _torch_worker(conn, args):
+    import torch
+    torch.set_num_threads(args.torch_threads)
+    fns = {}
+    while True:
+        msg = conn.recv()
+        try:
+            if msg[0] == "stop": conn.send((True, None)); return
+            if msg[0] == "info":
+                device = ("cuda" if torch.cuda.is_available() else "cpu") if args.torch_device == "auto" else args.torch_device
+                value = dict(torch=torch.__version__, torch_threads=torch.get_num_threads(), device=device)
+            elif msg[0] == "setup":
+                _, key, name, size, work, device, config = msg
+                fns[key] = bench_torch(name, size, args, work, device, config)
+                value = {w: f[1] for w, f in fns[key].items()}
+            else:  # ("measure", key, work)
+                value = measure(fns[msg[1]][msg[2]][0], args.repeats, args.budget)
+            conn.send((True, value))
+        except Exception as e:  # reported in the main process
+            conn.send((False, repr(e)))
+
+
 # ---------------------------------------------------------------- main
 def _uptime() -> str:
     import subprocess
@@ -172,8 +220,11 @@ def main(argv=None):
     from oilwater_jax.models import resolve_conv_impl
     impls = args.impls.split(",")
     work = args.work.split(",")
-    torch_device = None
-    if not args.no_torch:
+    torch_device, worker = None, None
+    if not args.no_torch and args.torch_process:
+        worker = TorchWorker(args)
+        tinfo = worker("info"); torch_device = tinfo["device"]
+    elif not args.no_torch:
         try:
             import torch
             torch.set_num_threads(args.torch_threads)
@@ -189,7 +240,9 @@ def main(argv=None):
                 torch_configs=args.torch_configs if torch_device else None,
                 caution="measured on a shared machine under load: compare ratios within this file only, and re-measure "
                         "absolute throughput on a quiet machine (python benchmarks/bench_train.py)")
-    if torch_device:
+    if worker:
+        info.update(torch=tinfo["torch"], torch_threads=tinfo["torch_threads"], torch_process=True)
+    elif torch_device:
         import torch; info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     torch_cfgs = [c for c in args.torch_configs.split(",") if c] if torch_device else []
     for c in torch_cfgs:
@@ -198,17 +251,27 @@ def main(argv=None):
     rows, t_start = [], time.perf_counter()
     for name, size in cases(args):
         fns = {impl: bench_jax(name, size, impl, args, work) for impl in impls}
-        for c in torch_cfgs: fns[tkey(c)] = bench_torch(name, size, args, work, torch_device, c)
-        per_round = {(k, w): [] for k in fns for w in work}
+        first = {k: {w: f[1] for w, f in v.items()} for k, v in fns.items()}
+        timer = {k: (lambda w, k=k: measure(fns[k][w][0], args.repeats, args.budget)) for k in fns}
+        for c in torch_cfgs:
+            k = tkey(c)
+            if worker:
+                first[k] = worker("setup", k, name, size, work, torch_device, c)
+                timer[k] = lambda w, k=k: worker("measure", k, w)
+            else:
+                fns[k] = bench_torch(name, size, args, work, torch_device, c)
+                first[k] = {w: f[1] for w, f in fns[k].items()}
+                timer[k] = lambda w, k=k: measure(fns[k][w][0], args.repeats, args.budget)
+        per_round = {(k, w): [] for k in timer for w in work}
         for r in range(max(1, args.rounds)):  # interleaved: every configuration once per round, order rotated
             keys = list(per_round)
             keys = keys[r % len(keys):] + keys[:r % len(keys)]
-            for k, w in keys: per_round[(k, w)].append(measure(fns[k][w][0], args.repeats, args.budget)[0])
+            for k, w in keys: per_round[(k, w)].append(timer[k](w)[0])
         for w in work:
-            sec = {k: statistics.median(per_round[(k, w)]) for k in fns}
+            sec = {k: statistics.median(per_round[(k, w)]) for k in timer}
             row = dict(model=name, px=size, work=w, **{k: round(args.batch / v, 1) for k, v in sec.items()},
-                       compile_s={k: round(fns[k][w][1] - sec[k], 1) for k in fns},
-                       spread={k: round(max(per_round[(k, w)]) / min(per_round[(k, w)]), 2) for k in fns})
+                       compile_s={k: round(first[k][w] - sec[k], 1) for k in timer},
+                       spread={k: round(max(per_round[(k, w)]) / min(per_round[(k, w)]), 2) for k in timer})
             tk = [tkey(c) for c in torch_cfgs]
             if tk:
                 best = max(tk, key=lambda k: row[k])
@@ -217,6 +280,7 @@ def main(argv=None):
                     if "torch" in row: row[f"{impl}/torch"] = round(row[impl] / row["torch"], 2)
                     row[f"{impl}/best"] = round(row[impl] / row[best], 2)
             rows.append(row); print(json.dumps(row), flush=True)
+    if worker: worker.close()
     info.update(load_average_end=os.getloadavg(), uptime_end=_uptime(), total_s=round(time.perf_counter() - t_start, 1))
     cols = ["model", "px", "work", *impls, *[tkey(c) for c in torch_cfgs],
             *([f"{i}/torch" for i in impls] if "eager" in torch_cfgs else []), *[f"{i}/best" for i in impls if torch_cfgs]]
@@ -225,9 +289,33 @@ def main(argv=None):
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows: print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     if args.out:
-        out = Path(args.out); tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(dict(info=info, rows=rows), indent=2) + "\n"); os.replace(tmp, out)
+        out = Path(args.out)
+        prev = json.loads(out.read_text()) if args.append and out.exists() else None
+        runs = (prev.get("runs") or [dict(info=prev["info"], rows=prev["rows"])]) if prev else []
+        runs.append(dict(info=info, rows=rows))
+        result = dict(info=info, rows=rows) if len(runs) == 1 else dict(info=info, rows=median_rows(runs), runs=runs)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n"); os.replace(tmp, out)
     return rows
+
+
+def median_rows(runs: list[dict]) -> list[dict]:
+    """Rows whose rates are medians over separate runs (processes), with each ratio's range over the runs. Rates of one
+    configuration moved by up to 30% between processes here while the ratios within a run moved far less."""
+    out = []
+    for i, row in enumerate(runs[-1]["rows"]):
+        same = [r["rows"][i] for r in runs]
+        assert all((r["model"], r["px"], r["work"]) == (row["model"], row["px"], row["work"]) for r in same), "runs differ"
+        med = dict(row)
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "px":
+                med[k] = round(statistics.median(r[k] for r in same), 2 if "/" in k else 1)
+                if "/" in k: med.setdefault("ratio_range", {})[k] = [min(r[k] for r in same), max(r[k] for r in same)]
+        tk = [k for k in row if k.startswith("torch") and isinstance(row[k], (int, float))]
+        if tk: med["torch_best"] = max(tk, key=lambda k: med[k])
+        med["runs"] = len(same)
+        out.append(med)
+    return out
 
 
 if __name__ == "__main__":

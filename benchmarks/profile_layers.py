@@ -44,6 +44,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     import jax, jax.numpy as jnp, torch
     from oilwater_jax.models import conv2d
+    from oilwater_jax.onednn import onednn_available
+    impls = ("hybrid", "lax", "onednn") if onednn_available() else ("hybrid", "lax") # oneDNN loaded before torch runs
     torch.set_num_threads(args.torch_threads)
     shapes = conv_shapes(args.model, args.size, 1)
     rng = np.random.default_rng(0)
@@ -52,7 +54,7 @@ def main(argv=None):
         x = rng.standard_normal((args.batch, h, w, c)).astype(np.float32)
         kern = (rng.standard_normal((k, k, c, co)) * 0.05).astype(np.float32)
         fns = {}
-        for impl in ("hybrid", "lax"):
+        for impl in impls:
             f = lambda x, kk, impl=impl: conv2d(x, kk, (s, s), ((pd, pd), (pd, pd)), impl=impl)
             @jax.jit
             def fb(x, kk, f=f):
@@ -74,7 +76,9 @@ def main(argv=None):
                 t0 = time.perf_counter(); f(); f(); times[k_].append((time.perf_counter() - t0) / 2)
         ms = {k_: round(1e3 * statistics.median(v), 3) for k_, v in times.items()}
         row = dict(c_in=c, hw=h, c_out=co, k=k, stride=s, layers=count, ms=ms,
-                   hybrid_over_best_torch=round(min(ms["torch"], ms["torch_channels_last"]) / ms["hybrid"], 2))
+                   hybrid_over_best_torch=round(min(ms["torch"], ms["torch_channels_last"]) / ms["hybrid"], 2),
+                   **({"onednn_over_best_torch": round(min(ms["torch"], ms["torch_channels_last"]) / ms["onednn"], 2)}
+                      if "onednn" in ms else {}))
         rows.append(row); print(json.dumps(row), flush=True)
     total = {k_: round(sum(r["ms"][k_] * r["layers"] for r in rows), 1) for k_ in rows[0]["ms"]}
     info = dict(model=args.model, px=args.size, batch=args.batch, jax=jax.__version__, torch=torch.__version__,

@@ -32,23 +32,53 @@ def load_note(info: dict, script: str) -> str:
             f"row are comparable, the absolute rates are not; re-measure on a quiet machine with `python benchmarks/{script}`.")
 
 
-def train_table(path: Path, impl: str = "hybrid") -> str:
-    "Markdown: one row per (model, px, work) with JAX, every PyTorch configuration, and the ratios to eager and best."
+IMPL_NAMES = {"hybrid": "hybrid", "onednn": "oneDNN", "lax": "lax", "hybrid_all": "hybrid, all paths"}
+
+
+def _impl_label(info: dict) -> str:
+    "' with conv_impl=onednn' when a results file was measured with the oneDNN lowering, else ''."
+    if info.get("conv_impl", "hybrid") == "hybrid": return ""
+    same = (" (PyTorch in the same process, whose bundled OpenMP runtime then serves oneDNN too, which slows ours: see "
+            "the notebook `onednn`)") if info.get("conv_impl") == "onednn" and info.get("torch") else ""
+    return f", ours with `conv_impl={info['conv_impl']}`{same}"
+
+
+def _ratio(row: dict, impl: str, key: str, name: str | None = None) -> float:
+    "`impl`'s rate over `key`'s: in a multi-run file the median of the runs' ratios, else the ratio of the rates."
+    stored = row.get(f"{impl}/{name or key}")
+    return stored if row.get("runs", 1) > 1 and stored is not None else row[impl] / row[key]
+
+
+def _range(row: dict, impl: str) -> str:
+    "' (runs a-b)': the range of `impl`'s ratio to PyTorch's best over the runs of a multi-run file."
+    rng = row.get("ratio_range", {}).get(f"{impl}/best")
+    return f" ({rng[0]:.2f}-{rng[1]:.2f})" if rng and row.get("runs", 1) > 1 else ""
+
+
+def train_table(path: Path, impls: tuple[str, ...] = ("hybrid", "onednn")) -> str:
+    "Markdown: one row per (model, px, work) with each JAX lowering in the file, every PyTorch configuration, and ratios."
     res = json.loads(path.read_text())
     info, rows = res["info"], res["rows"]
     tkeys = [k for k in NAMES if any(k in r for r in rows)]
-    head = ["model", "px", "work", f"ours ({impl})", *[f"PyTorch {NAMES[k]}" for k in tkeys], "ours / eager", "**ours / best**"]
+    impls = [i for i in impls if all(i in r for r in rows)]
+    one = len(impls) == 1
+    ours = lambda i: "ours" if one else f"{IMPL_NAMES[i]}"
+    head = ["model", "px", "work", *[f"ours ({IMPL_NAMES[i]})" for i in impls], *[f"PyTorch {NAMES[k]}" for k in tkeys],
+            *[f"{ours(i)} / eager" for i in impls], *[f"**{ours(i)} / best**" for i in impls]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         best = r[r["torch_best"]]
-        lines.append("| " + " | ".join([r["model"], str(r["px"]), r["work"], _fmt(r[impl]), *[_fmt(r[k]) for k in tkeys],
-                                          f"{r[impl] / r['torch']:.2f}x" if "torch" in r else "",
-                                          f"**{r[impl] / best:.2f}x**"]) + " |")
+        lines.append("| " + " | ".join([r["model"], str(r["px"]), r["work"], *[_fmt(r[i]) for i in impls],
+                                          *[_fmt(r[k]) for k in tkeys],
+                                          *[f"{_ratio(r, i, 'torch'):.2f}x" if "torch" in r else "" for i in impls],
+                                          *[f"**{_ratio(r, i, r['torch_best'], 'best'):.2f}x**" + _range(r, i) for i in impls]]) + " |")
     la, lb = info["load_average_start"][0], info["load_average_end"][0]
     comp = [f"{r['work']} {r['compile_s'][k]:.0f} s" for r in rows for k in r.get("compile_s", {}) if k.endswith("compile")]
     cap = (f"Samples/s, batch {info['batch']}, {info['dtype']}, {info['backend']} ({info['cpu_count']} cores), jax "
            f"{info['jax']}, torch {info.get('torch', '-')} with {info.get('torch_threads', '-')} threads; medians of "
-           f"{info.get('rounds', 1)} interleaved rounds; load average {la:.1f} -> {lb:.1f} "
+           f"{info.get('rounds', 1)} interleaved rounds" + (f", medians of {len(res['runs'])} runs (separate processes; the range of "
+           f"the ratio to the best in brackets)" if res.get("runs") else "") + (", PyTorch in its own process" if info.get("torch_process") else "") +
+           f"; load average {la:.1f} -> {lb:.1f} "
            f"(`{path.relative_to(HERE.parent).as_posix()}`)" + (f"; torch.compile took {', '.join(comp)} to compile" if comp else "") +
            ". " + load_note(info, "bench_train.py"))
     return "\n".join(lines) + "\n\n" + cap + "\n"
@@ -62,9 +92,11 @@ def profile_summary(path: Path) -> str:
     worst = sorted(res["rows"], key=lambda r: r["hybrid_over_best_torch"])[:3]
     w = "; ".join(f"{r['c_in']}->{r['c_out']} {r['k']}x{r['k']}/{r['stride']} at {r['hw']} px: {r['hybrid_over_best_torch']:.2f}x"
                   for r in worst)
+    onednn = (f"; with `conv_impl=onednn` they take {tot['onednn']:.0f} ms ({best_t / tot['onednn']:.2f}x)"
+              if "onednn" in tot else "")
     return (f"Per-layer profile ({info['model']} at {info['px']} px, `{path.relative_to(HERE.parent).as_posix()}`): "
-            f"the convolutions (forward and both gradients) take {tot['hybrid']:.0f} ms per step in ours against "
-            f"{best_t:.0f} ms in PyTorch's best format ({best_t / tot['hybrid']:.2f}x); the slowest layers against "
+            f"the convolutions (forward and both gradients) take {tot['hybrid']:.0f} ms per step in ours (hybrid) against "
+            f"{best_t:.0f} ms in PyTorch's best format ({best_t / tot['hybrid']:.2f}x){onednn}; the slowest hybrid layers against "
             f"PyTorch: {w}. The stem's row (3->64 7x7/2) includes an input gradient that a training step never computes. "
             + load_note({"load_average_start": info.get("load_average"), "cpu_count": info.get("cpu_count")}, "profile_layers.py") + "\n")
 
@@ -76,7 +108,7 @@ def attacks_summary(path: Path) -> str:
     bits = [f"{r['work']}: **{r['speedup_median']:.2f}x**" + (f" (runs {r['speedup_min']:.2f}-{r['speedup_max']:.2f})" if n > 1 else "")
             for r in res["summary"]]
     info = res["runs"][-1]["info"]
-    return (f"Attack work ({info['model']} at {info['px']} px, {n} run{'s' if n > 1 else ''}, against the faster of PyTorch's "
+    return (f"Attack work ({info['model']} at {info['px']} px{_impl_label(info)}, {n} run{'s' if n > 1 else ''}, against the faster of PyTorch's "
             f"contiguous and channels_last formats, `torch.func` for per-example gradients, "
             f"`{path.relative_to(HERE.parent).as_posix()}`): " + "; ".join(bits) + ". " + load_note(info, "bench_attacks.py") + "\n")
 
@@ -91,9 +123,10 @@ def epic_summary(path: Path) -> str:
     for r in res.get("select", []):
         d = dense.get(r["n"])
         rounds.append(f"{r['n']:,}: {r['seconds']:.2f} s" + (f" (dense greedy {d['seconds']:.2f} s)" if d else ""))
-    return (f"Per-example gradients, all parameters (`{path.relative_to(HERE.parent).as_posix()}`): {g}. One EPIC "
-            f"selection round (logit proxies of the default CPU model and the per-class greedy, subset 10%) by training-set "
-            f"size: " + "; ".join(rounds) + ". " + load_note(res["info"], "bench_epic.py") + "\n")
+    select = (f" One EPIC selection round (logit proxies of the default CPU model and the per-class greedy, subset 10%) "
+              f"by training-set size: " + "; ".join(rounds) + ".") if rounds else ""
+    return (f"Per-example gradients, all parameters{_impl_label(res['info'])} (`{path.relative_to(HERE.parent).as_posix()}`): "
+            f"{g}.{select} " + load_note(res["info"], "bench_epic.py") + "\n")
 
 
 def federated_summary(path: Path) -> str:
@@ -132,7 +165,8 @@ def kernels_summary(path: Path) -> str:
             f"GFLOP/s of the direct convolution, batch {res['rows'][0]['batch']}): {shapes}. XLA's matrix multiply keeps up "
             f"with PyTorch's `torch.mm`; oneDNN's `channels_last` convolution is faster than either GEMM, and the GEMM-based "
             f"lowerings built from XLA operations (im2col, Winograd F(2x2, 3x3)) lose more to their data movement than "
-            f"they gain, so the gap is XLA:CPU's convolution kernel. " + load_note(res["info"], "conv_kernels.py") + "\n")
+            f"they gain, so the gap is XLA:CPU's convolution kernel; the `onednn` lowering calls oneDNN's kernel from inside "
+            f"the jitted step instead. " + load_note(res["info"], "conv_kernels.py") + "\n")
 
 
 def render(files: list[Path], profiles: list[Path], attacks: list[Path] = (), epic: list[Path] = (),
@@ -165,11 +199,13 @@ def update_index(index: Path, text: str) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--files", default="results/bench_train_cpu_fair.json,results/bench_train_cpu_fair_compile.json",
+    p.add_argument("--files", default="results/bench_train_cpu_onednn.json,results/bench_train_cpu_fair.json,"
+                   "results/bench_train_cpu_fair_compile.json",
                    help="bench_train.py results, relative to benchmarks/")
     p.add_argument("--profiles", default="results/profile_resnet18_64.json", help="profile_layers.py results")
-    p.add_argument("--attacks", default="results/bench_attacks_cpu_fair.json,results/bench_attacks_cpu_r18_64.json", help="bench_attacks.py results")
-    p.add_argument("--epic", default="results/bench_epic_cpu.json", help="bench_epic.py results")
+    p.add_argument("--attacks", default="results/bench_attacks_cpu_fair.json,results/bench_attacks_cpu_r18_64.json,"
+                   "results/bench_attacks_cpu_onednn.json,results/bench_attacks_cpu_r18_64_onednn.json", help="bench_attacks.py results")
+    p.add_argument("--epic", default="results/bench_epic_cpu.json,results/bench_epic_cpu_onednn.json", help="bench_epic.py results")
     p.add_argument("--federated", default="results/bench_federated_cpu.json", help="bench_federated.py results")
     p.add_argument("--kernels", default="results/conv_kernels_cpu.json", help="conv_kernels.py results")
     p.add_argument("--index", default=None, help="write into this notebook's marked block instead of printing")

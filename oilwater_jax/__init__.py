@@ -18,6 +18,7 @@ Modules:
 - `oilwater_jax.jtt`: Train an early-stopped ERM model, upsample the training samples it gets wrong, train again from scratch (Liu et al., 2021); with the paper's interventions that keep poisons out of, or force them into, the upsampled set.
 - `oilwater_jax.metrics`: Accuracy per group, worst-group accuracy, the training-proportion-weighted average, and the identification and elimination factors.
 - `oilwater_jax.models`: ResNets with torchvision's exact structure in Flax linen, small variants that train fast on a CPU, and a convolution lowering that avoids XLA:CPU's slow cases.
+- `oilwater_jax.onednn`: XLA:CPU's convolution kernel is what keeps a full ResNet-18 behind PyTorch on a CPU; this module calls oneDNN, PyTorch's own CPU convolution library, from inside a jitted JAX step through XLA's foreign-function interface.
 - `oilwater_jax.per_example`: The loss gradient of every training sample with respect to the logits, the last layer or all parameters, in bounded memory, optionally sketched to a few thousand numbers.
 - `oilwater_jax.pipeline`: From a preset's `RunConfig` to the things every method needs: the cell's data, each stage's optimiser, its keys, and its initial weights.
 - `oilwater_jax.poisons`: Poisoned training sets that remember where every sample came from, the dirty-label backdoor (DLBD) and the sub-population attack (SA), and their attack success rates.

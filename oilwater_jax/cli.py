@@ -25,6 +25,7 @@ ENVIRONMENT = {
     "OILWATER_WEIGHTS": "folder of torchvision state_dicts resnet18.pth, resnet50.pth (.npz, .safetensors) (--weights overrides it)",
     "OILWATER_CACHE": "cache folder: generated and prepared data, compiled code (default ~/.cache/oilwater-jax)",
     "OILWATER_PLUGINS": "comma-separated modules or .py files registering extra methods or tables (like --plugin)",
+    "OILWATER_CONV_IMPL": "the convolution lowering of every model: hybrid (CPU default), lax or onednn (the [onednn] extra)",
 }
 ENV_HELP = "Environment variables:\n\n" + "\n\n".join(f"{k}: {v}" for k, v in ENVIRONMENT.items())
 

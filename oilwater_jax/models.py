@@ -7,7 +7,7 @@ Docs: https://oilwater-jax.github.io/oilwater-jax/models.html.md"""
 
 # %% ../nbs/03_models.ipynb #6f4fcf3a
 from __future__ import annotations
-import functools
+import functools, os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -16,25 +16,31 @@ import jax, jax.numpy as jnp
 from jax import lax
 import flax.linen as nn
 from .core import OilwaterError, check_choice
+from .onednn import onednn_conv
 
 # %% auto #0
-__all__ = ['CONV_IMPLS', 'Padding', 'HYBRID', 'HYBRID_ALL_PATHS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'conv_kernel_init', 'PAD3',
-           'STEMS', 'ResNet18', 'ResNet34', 'ResNet50', 'ResNet10', 'MODELS', 'DEFAULT_CPU_MODEL', 'CPU_LARGE_MODEL',
-           'resolve_conv_impl', 'HybridPolicy', 'im2col', 'lax_conv', 'conv_weight_grad', 'conv2d', 'max_pool', 'Conv',
-           'Linear', 'BasicBlock', 'Bottleneck', 'ResNet', 'make_model', 'rbg_key', 'init_model', 'count_params',
-           'compare_conv_impls']
+__all__ = ['CONV_IMPLS', 'CONV_IMPL_ENV', 'Padding', 'HYBRID', 'HYBRID_ALL_PATHS', 'IMAGENET_MEAN', 'IMAGENET_STD',
+           'conv_kernel_init', 'PAD3', 'STEMS', 'ResNet18', 'ResNet34', 'ResNet50', 'ResNet10', 'MODELS',
+           'DEFAULT_CPU_MODEL', 'CPU_LARGE_MODEL', 'resolve_conv_impl', 'HybridPolicy', 'im2col', 'lax_conv',
+           'conv_weight_grad', 'conv2d', 'argmax_max_pool', 'max_pool', 'Conv', 'Linear', 'BasicBlock', 'Bottleneck',
+           'ResNet', 'make_model', 'rbg_key', 'init_model', 'count_params', 'compare_conv_impls']
 
 # %% ../nbs/03_models.ipynb #3feda921
-CONV_IMPLS = ("auto", "lax", "hybrid")
+CONV_IMPLS = ("auto", "lax", "hybrid", "onednn")
+CONV_IMPL_ENV = "OILWATER_CONV_IMPL" # what 'auto' means when set: "lax", "hybrid" or "onednn"
 Padding = tuple[tuple[int, int], tuple[int, int]]
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
-def resolve_conv_impl(impl: str = "auto", # "auto", "lax" or "hybrid"
+def resolve_conv_impl(impl: str = "auto", # "auto", "lax", "hybrid" or "onednn"
                      ) -> str:
-    "The lowering to use: `'auto'` is `'hybrid'` on CPU and `'lax'` on accelerators (`jax.default_backend()`)."
+    "The lowering to use: `'auto'` is `$OILWATER_CONV_IMPL` if set, else `'hybrid'` on CPU and `'lax'` elsewhere."
     check_choice(impl, CONV_IMPLS, "conv_impl")
-    if impl != "auto": return impl
-    return "hybrid" if jax.default_backend() == "cpu" else "lax"
+    if impl == "auto":
+        impl = os.environ.get(CONV_IMPL_ENV) or ("hybrid" if jax.default_backend() == "cpu" else "lax")
+        check_choice(impl, CONV_IMPLS[1:], CONV_IMPL_ENV)
+    if impl == "onednn" and jax.default_backend() != "cpu":
+        raise OilwaterError(f"conv_impl='onednn' runs on the CPU; this process computes on {jax.default_backend()!r}.")
+    return impl
 
 @dataclass(frozen=True)
 class HybridPolicy:
@@ -45,6 +51,7 @@ class HybridPolicy:
     wgrad_min_in_channels: int = 16 # ... and at least this many input channels (the 3-channel stem: XLA's conv)
     slice_max_pool: bool = False # max-pool as a maximum over shifted slices instead of XLA's `reduce_window`, always...
     slice_max_pool_max_channels: int = 16 # ...or when its input has at most this many channels (the default model's stem)
+    argmax_max_pool: bool = False # max-pool with a stored argmax and a scatter-free gradient (`argmax_max_pool`); always on under `onednn`
 
 HYBRID = HybridPolicy() # the measured default
 HYBRID_ALL_PATHS = HybridPolicy(wgrad_min_channels=0, wgrad_min_positions=0, wgrad_min_in_channels=0, slice_max_pool=True) # every replacement on
@@ -129,10 +136,10 @@ def conv2d(x: jax.Array, # [n, h, w, c_in]
            kernel: jax.Array, # [kh, kw, c_in, c_out]
            strides: Sequence[int] = (1, 1), # (sh, sw)
            padding: Sequence[Sequence[int]] = ((0, 0), (0, 0)), # explicit ((top, bottom), (left, right))
-           impl: str = "lax", # "lax" (XLA's convolution) or "hybrid" (fast on CPU); "auto" picks by backend
+           impl: str = "lax", # "lax" (XLA's), "hybrid" (fast on CPU), "onednn" (oneDNN on CPU); "auto" picks
            policy: HybridPolicy = HYBRID, # which paths `hybrid` takes
           ) -> jax.Array:
-    "A 2-D convolution (NHWC, HWIO, no bias) with the chosen lowering; both give the same values and gradients."
+    "A 2-D convolution (NHWC, HWIO, no bias) with the chosen lowering; all give the same values and gradients."
     impl, strides, padding = resolve_conv_impl(impl), tuple(int(s) for s in strides), _pairs(padding)
     if impl == "lax": return lax_conv(x, kernel, strides, padding)
     kh, kw, c_in, c_out = kernel.shape
@@ -142,20 +149,67 @@ def conv2d(x: jax.Array, # [n, h, w, c_in]
     ow = _out_size(x.shape[2], kw, strides[1], padding[1])
     if oh <= policy.im2col_max_output and ow <= policy.im2col_max_output:
         return im2col(x, (kh, kw), strides, padding) @ kernel.reshape(kh*kw*c_in, c_out)
+    if impl == "onednn" and x.dtype == kernel.dtype == jnp.float32: # the rest: oneDNN (float32; else as hybrid)
+        return onednn_conv(x, kernel, strides, padding)
     if c_out >= policy.wgrad_min_channels and oh*ow >= policy.wgrad_min_positions and c_in >= policy.wgrad_min_in_channels:
         return _conv(x, kernel, strides, padding)
     return lax_conv(x, kernel, strides, padding)
+
+# %% ../nbs/03_models.ipynb #8d955a84
+def _pool_windows(x, window, stride, padding):
+    "The $k^2$ strided windows' slices of the $-\\infty$-padded input, and the padded shape."
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+    n, h, w, c = x.shape
+    oh, ow = _out_size(h, window, stride, (0, 0)), _out_size(w, window, stride, (0, 0))
+    return x.shape, [lax.slice(x, (0, i, j, 0), (n, i + (oh - 1)*stride + 1, j + (ow - 1)*stride + 1, c), (1, stride, stride, 1))
+                     for i in range(window) for j in range(window)]
+
+def _argmax_pool(x, window, stride, padding):
+    _, cols = _pool_windows(x, window, stride, padding)
+    best, arg = cols[0], jnp.zeros(cols[0].shape, jnp.int8)
+    for k, col in enumerate(cols[1:], 1):
+        wins = col > best # strict: the first maximum keeps the gradient, as in PyTorch
+        best, arg = jnp.where(wins, col, best), jnp.where(wins, jnp.int8(k), arg)
+    return best, arg
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def argmax_max_pool(x: jax.Array, # [n, h, w, c]
+                    window: int, # square window size (at most 11: offsets are int8)
+                    stride: int, # stride in both directions
+                    padding: Padding, # explicit ((top, bottom), (left, right)), with -inf
+                   ) -> jax.Array:
+    "Max-pooling whose gradient goes to the stored argmax of each window, without a scatter."
+    return _argmax_pool(x, window, stride, padding)[0]
+
+def _argmax_pool_fwd(x, window, stride, padding):
+    y, arg = _argmax_pool(x, window, stride, padding)
+    return y, (arg, x.shape)
+
+def _argmax_pool_bwd(window, stride, padding, res, g):
+    arg, (n, h, w, c) = res
+    hp, wp, (oh, ow) = h + sum(padding[0]), w + sum(padding[1]), g.shape[1:3]
+    zero = jnp.zeros((), g.dtype)
+    dx = 0
+    for k in range(window*window): # output (a, b) with offset (i, j) came from padded input (a*stride + i, b*stride + j)
+        i, j = divmod(k, window)
+        dx = dx + lax.pad(jnp.where(arg == k, g, zero), zero, ((0, 0, 0), (i, hp - i - (oh - 1)*stride - 1, stride - 1),
+                                                               (j, wp - j - (ow - 1)*stride - 1, stride - 1), (0, 0, 0)))
+    return (dx[:, padding[0][0]:padding[0][0] + h, padding[1][0]:padding[1][0] + w, :],)
+
+argmax_max_pool.defvjp(_argmax_pool_fwd, _argmax_pool_bwd)
 
 # %% ../nbs/03_models.ipynb #ad4f6354
 def max_pool(x: jax.Array, # [n, h, w, c]
              window: int = 3, # square window size
              stride: int = 2, # stride in both directions
              padding: Sequence[Sequence[int]] = ((1, 1), (1, 1)), # explicit padding (with -inf)
-             impl: str = "lax", # "lax" (`reduce_window`) or "hybrid" (see `policy`)
-             policy: HybridPolicy = HYBRID, # `slice_max_pool` picks the shifted-slice maximum under `hybrid`
+             impl: str = "lax", # "lax" (`reduce_window`), "hybrid" (see `policy`) or "onednn" (`argmax_max_pool`)
+             policy: HybridPolicy = HYBRID, # `slice_max_pool`, `argmax_max_pool`: the paths under `hybrid`
             ) -> jax.Array:
     "Max-pooling with explicit padding, as torchvision's `MaxPool2d(3, 2, 1)` by default."
     impl, padding = resolve_conv_impl(impl), _pairs(padding)
+    if impl == "onednn" or (impl == "hybrid" and policy.argmax_max_pool):
+        return argmax_max_pool(x, window, stride, padding)
     if impl == "lax" or not (policy.slice_max_pool or x.shape[-1] <= policy.slice_max_pool_max_channels):
         return nn.max_pool(x, (window, window), (stride, stride), padding)
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
@@ -183,7 +237,7 @@ class Conv(nn.Module):
     kernel_size: tuple[int, int] # (kh, kw)
     strides: tuple[int, int] = (1, 1) # (sh, sw)
     padding: Padding = ((0, 0), (0, 0)) # explicit ((top, bottom), (left, right))
-    conv_impl: str = "auto" # "auto", "lax" or "hybrid"
+    conv_impl: str = "auto" # "auto", "lax", "hybrid" or "onednn"
     hybrid_policy: HybridPolicy = HYBRID # paths of the hybrid lowering
     dtype: Any = jnp.float32 # computation dtype (parameters stay float32)
 
@@ -254,7 +308,7 @@ class ResNet(nn.Module):
     width: int = 64 # channels of the stem and the first stage (stages double it)
     stem: str = "imagenet" # "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no pool)
     normalize: bool = True # subtract the ImageNet mean and divide by its std inside the model
-    conv_impl: str = "auto" # "auto" (hybrid on CPU, lax elsewhere), "lax" or "hybrid"
+    conv_impl: str = "auto" # "auto" ($OILWATER_CONV_IMPL, else hybrid on CPU, lax elsewhere), "lax", "hybrid", "onednn"
     hybrid_policy: HybridPolicy = HYBRID # which paths the hybrid lowering takes
     dtype: Any = jnp.float32 # computation dtype (parameters, BN statistics and logits stay float32)
 

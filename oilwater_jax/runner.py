@@ -185,13 +185,15 @@ def _git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError): return None
 
 def provenance() -> dict:
-    "Where results come from: package version, git revision, JAX version, backend and device, Python, platform."
+    "Where results come from: package version, git revision, JAX version, backend, device, convolution lowering, Python."
     if not _PROVENANCE:
         import jax
+        from oilwater_jax.models import resolve_conv_impl
         dev = jax.devices()[0]
         _PROVENANCE.update(package_version=oilwater_jax.__version__, git_revision=_git_revision(), jax_version=jax.__version__,
                            jax_backend=jax.default_backend(), device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
-                           device_count=jax.device_count(), python=platform.python_version(), platform=platform.platform())
+                           device_count=jax.device_count(), conv_impl=resolve_conv_impl("auto"), # OILWATER_CONV_IMPL
+                           python=platform.python_version(), platform=platform.platform())
     return dict(_PROVENANCE)
 
 # %% ../nbs/51_runner.ipynb #86073d74

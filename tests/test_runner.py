@@ -52,7 +52,7 @@ def test_runs_missing_cells_only(tmp_path, execs):
     # records carry their provenance
     rec = read_record(iter_cell_files(results)[0])
     assert rec["provenance"]["package_version"] == oilwater_jax.__version__
-    assert {"git_revision", "jax_version", "device", "wall_seconds", "started", "finished"} <= set(rec["provenance"])
+    assert {"git_revision", "jax_version", "device", "conv_impl", "wall_seconds", "started", "finished"} <= set(rec["provenance"])
     assert rec["config"]["row"]["method"] == "toy" and rec["config"]["preset"] == "smoke"
 
 
