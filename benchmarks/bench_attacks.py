@@ -8,7 +8,8 @@ computation hand-written in PyTorch (`torch.func` for per-example gradients), in
   and `F.grid_sample` for the translation.
 * Per-example gradients: the cross-entropy gradient of every example with respect to all parameters, eval-mode
   BatchNorm. JAX: `oilwater_jax.per_example.per_example_grads` (vmap of grad, chunked); PyTorch:
-  `torch.func.vmap(torch.func.grad(...))` over `functional_call`, the same chunks.
+  `torch.func.vmap(torch.func.grad(...))` over `functional_call`, the same chunks, each copied into one stacked tensor
+  per parameter as ours are (same work: the whole [n, ...] result).
 
 The network is the default CPU model (`resnet18_w16`, 32 px) in both frameworks (`tests/torch_resnet.py` is the
 PyTorch twin, with the ImageNet normalisation added in front as the Flax model does inside). Figures are medians of
@@ -175,9 +176,11 @@ def bench_torch(name, args, d, device="cpu", fmt="contiguous"):
     pe = vmap(grad(one_loss), in_dims=(None, 0, 0))
     xe, ye = nchw(d["xe"]), torch.from_numpy(d["ye"]).to(device)
     detached = {k: p.detach() for k, p in params.items()}
-    def run():
+    def run():  # the same work as ours: every example's gradients end up in one stacked tensor per parameter
+        out = {k: torch.empty((len(xe), *p.shape), device=device) for k, p in detached.items()}
         for s in range(0, len(xe), args.chunk):
-            pe(detached, xe[s:s + args.chunk], ye[s:s + args.chunk])
+            g = pe(detached, xe[s:s + args.chunk], ye[s:s + args.chunk])
+            for k, v in g.items(): out[k][s:s + len(v)].copy_(v)
         sync()
     first, sec = timed(run, args.repeats, args.budget)
     out["per_example"] = dict(examples_per_s=args.examples / sec, compile_s=0.0)

@@ -74,6 +74,13 @@ def _chunk_grads(apply_fn, variables, x, y, sketch, wrt: str, head: str, dim: in
     if dim is None: return grads
     return jax.vmap(lambda g: apply_sketch(g, sketch, dim))(grads)
 
+def _stack_chunks(chunks: list) -> Any:
+    "[(pytree, m)] -> the first `m` rows of each chunk joined on axis 0: in host memory on the CPU backend, else on device."
+    if jax.default_backend() == "cpu": # np.asarray of a CPU array is a view: one memcpy in all
+        join = lambda *a: np.concatenate(a) if len(a) > 1 else a[0]
+        return jax.tree.map(join, *[jax.tree.map(lambda x, m=m: np.asarray(x)[:m], g) for g, m in chunks])
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *[jax.tree.map(lambda x, m=m: x[:m], g) for g, m in chunks])
+
 def per_example_grads(apply_fn: Callable, # the model's `apply` (e.g. `state.apply_fn`)
                       variables: dict, # {'params', 'batch_stats'} (e.g. `state.variables`)
                       images: np.ndarray, # uint8 or float [n, h, w, c]
@@ -85,6 +92,7 @@ def per_example_grads(apply_fn: Callable, # the model's `apply` (e.g. `state.app
                       head: str = "fc", # name of the classification head in `params`
                      ) -> Any:
     "Loss gradient of every example, stacked on axis 0 (a pytree like the differentiated part, or [n, k] sketched)."
+    # On the CPU backend the leaves are numpy arrays (see `_stack_chunks`), elsewhere device arrays.
     check_choice(wrt, WRT, "wrt")
     if chunk_size < 1: raise OilwaterError(f"chunk_size must be >= 1, got {chunk_size}.")
     if wrt == "last_layer" and head not in variables["params"]:
@@ -101,8 +109,8 @@ def per_example_grads(apply_fn: Callable, # the model's `apply` (e.g. `state.app
         m = len(xc)
         if m < size: xc, yc = np.concatenate([xc, np.repeat(xc[-1:], size - m, 0)]), np.concatenate([yc, np.repeat(yc[-1:], size - m)])
         g = _chunk_grads(apply_fn, variables, jnp.asarray(xc), jnp.asarray(yc), sketch, wrt, head, projection_dim)
-        outs.append(jax.tree.map(lambda a: a[:m], g))
-    return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+        outs.append((g, m))
+    return _stack_chunks(outs)
 
 # %% ../nbs/11_per_example_grads.ipynb #e91c0a02
 PROXIES = ("logits", "last_layer", "full")
