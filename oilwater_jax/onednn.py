@@ -108,38 +108,35 @@ ffi::Error guarded(F&& f) {
   catch (const std::exception& e) { return ffi::Error(ffi::ErrorCode::kInternal, e.what()); }
 }
 
-ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
-                           int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+// The forward pass ('f') and the input gradient ('d') have one shape: an activation in, the kernel (reordered into
+// the primitive's layout when it wants another), an activation out.
+ffi::Error RunWithKernel(char op, const Geometry& g, void* in, void* kernel, void* out) {
   return guarded([&] {
-    auto g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
-    auto p = plan(g, 'f');
+    auto p = plan(g, op);
     auto& eng = cpu_engine();
     dnnl::stream s(eng);
-    memory xm(memory::desc(g.x, dt::f32, tag::nhwc), eng, x.typed_data());
-    memory ym(memory::desc(g.y, dt::f32, tag::nhwc), eng, y->typed_data());
-    memory wm(memory::desc(g.w, dt::f32, tag::hwio), eng, w.typed_data());
+    bool fwd = op == 'f';
+    memory in_m(memory::desc(fwd ? g.x : g.y, dt::f32, tag::nhwc), eng, in);
+    memory out_m(memory::desc(fwd ? g.y : g.x, dt::f32, tag::nhwc), eng, out);
+    memory wm(memory::desc(g.w, dt::f32, tag::hwio), eng, kernel);
     memory wp = wm;
     if (p->w_reorder) { wp = memory(p->w_desc, eng); dnnl::reorder(wm, wp).execute(s, wm, wp); }
-    p->prim.execute(s, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, ym}});
+    p->prim.execute(s, {{fwd ? DNNL_ARG_SRC : DNNL_ARG_DIFF_DST, in_m}, {DNNL_ARG_WEIGHTS, wp},
+                        {fwd ? DNNL_ARG_DST : DNNL_ARG_DIFF_SRC, out_m}});
     s.wait();
   });
 }
 
+ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                           int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return RunWithKernel('f', geometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr),
+                       x.typed_data(), w.typed_data(), y->typed_data());
+}
+
 ffi::Error ConvBackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
                                 int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return guarded([&] {
-    auto g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-    auto p = plan(g, 'd');
-    auto& eng = cpu_engine();
-    dnnl::stream s(eng);
-    memory dym(memory::desc(g.y, dt::f32, tag::nhwc), eng, dy.typed_data());
-    memory dxm(memory::desc(g.x, dt::f32, tag::nhwc), eng, dx->typed_data());
-    memory wm(memory::desc(g.w, dt::f32, tag::hwio), eng, w.typed_data());
-    memory wp = wm;
-    if (p->w_reorder) { wp = memory(p->w_desc, eng); dnnl::reorder(wm, wp).execute(s, wm, wp); }
-    p->prim.execute(s, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DIFF_SRC, dxm}});
-    s.wait();
-  });
+  return RunWithKernel('d', geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr),
+                       dy.typed_data(), w.typed_data(), dx->typed_data());
 }
 
 ffi::Error ConvBackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
