@@ -251,17 +251,13 @@ def main(argv=None):
     rows, t_start = [], time.perf_counter()
     for name, size in cases(args):
         fns = {impl: bench_jax(name, size, impl, args, work) for impl in impls}
-        first = {k: {w: f[1] for w, f in v.items()} for k, v in fns.items()}
+        if not worker: fns.update({tkey(c): bench_torch(name, size, args, work, torch_device, c) for c in torch_cfgs})
+        first = {k: {w: f[1] for w, f in v.items()} for k, v in fns.items()}  # first-call seconds
         timer = {k: (lambda w, k=k: measure(fns[k][w][0], args.repeats, args.budget)) for k in fns}
-        for c in torch_cfgs:
+        for c in torch_cfgs if worker else ():
             k = tkey(c)
-            if worker:
-                first[k] = worker("setup", k, name, size, work, torch_device, c)
-                timer[k] = lambda w, k=k: worker("measure", k, w)
-            else:
-                fns[k] = bench_torch(name, size, args, work, torch_device, c)
-                first[k] = {w: f[1] for w, f in fns[k].items()}
-                timer[k] = lambda w, k=k: measure(fns[k][w][0], args.repeats, args.budget)
+            first[k] = worker("setup", k, name, size, work, torch_device, c)
+            timer[k] = lambda w, k=k: worker("measure", k, w)
         per_round = {(k, w): [] for k in timer for w in work}
         for r in range(max(1, args.rounds)):  # interleaved: every configuration once per round, order rotated
             keys = list(per_round)

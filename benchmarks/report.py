@@ -43,10 +43,10 @@ def _impl_label(info: dict) -> str:
     return f", ours with `conv_impl={info['conv_impl']}`{same}"
 
 
-def _ratio(row: dict, impl: str, key: str, name: str | None = None) -> float:
-    "`impl`'s rate over `key`'s: in a multi-run file the median of the runs' ratios, else the ratio of the rates."
-    stored = row.get(f"{impl}/{name or key}")
-    return stored if row.get("runs", 1) > 1 and stored is not None else row[impl] / row[key]
+def _ratio(row: dict, impl: str, versus: str) -> float:
+    "`impl`'s rate over PyTorch's (`versus`: 'torch' or 'best'): in a multi-run file the median of the runs' ratios."
+    if row.get("runs", 1) > 1: return row[f"{impl}/{versus}"]
+    return row[impl] / row[row["torch_best"] if versus == "best" else versus]
 
 
 def _range(row: dict, impl: str) -> str:
@@ -67,11 +67,10 @@ def train_table(path: Path, impls: tuple[str, ...] = ("hybrid", "onednn")) -> st
             *[f"{ours(i)} / eager" for i in impls], *[f"**{ours(i)} / best**" for i in impls]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        best = r[r["torch_best"]]
         lines.append("| " + " | ".join([r["model"], str(r["px"]), r["work"], *[_fmt(r[i]) for i in impls],
                                           *[_fmt(r[k]) for k in tkeys],
                                           *[f"{_ratio(r, i, 'torch'):.2f}x" if "torch" in r else "" for i in impls],
-                                          *[f"**{_ratio(r, i, r['torch_best'], 'best'):.2f}x**" + _range(r, i) for i in impls]]) + " |")
+                                          *[f"**{_ratio(r, i, 'best'):.2f}x**" + _range(r, i) for i in impls]]) + " |")
     la, lb = info["load_average_start"][0], info["load_average_end"][0]
     comp = [f"{r['work']} {r['compile_s'][k]:.0f} s" for r in rows for k in r.get("compile_s", {}) if k.endswith("compile")]
     cap = (f"Samples/s, batch {info['batch']}, {info['dtype']}, {info['backend']} ({info['cpu_count']} cores), jax "

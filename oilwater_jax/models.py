@@ -157,15 +157,15 @@ def conv2d(x: jax.Array, # [n, h, w, c_in]
 
 # %% ../nbs/03_models.ipynb #8d955a84
 def _pool_windows(x, window, stride, padding):
-    "The $k^2$ strided windows' slices of the $-\\infty$-padded input, and the padded shape."
+    "The $k^2$ strided windows' slices of the $-\\infty$-padded input (one per window offset)."
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
     n, h, w, c = x.shape
     oh, ow = _out_size(h, window, stride, (0, 0)), _out_size(w, window, stride, (0, 0))
-    return x.shape, [lax.slice(x, (0, i, j, 0), (n, i + (oh - 1)*stride + 1, j + (ow - 1)*stride + 1, c), (1, stride, stride, 1))
+    return [lax.slice(x, (0, i, j, 0), (n, i + (oh - 1)*stride + 1, j + (ow - 1)*stride + 1, c), (1, stride, stride, 1))
                      for i in range(window) for j in range(window)]
 
 def _argmax_pool(x, window, stride, padding):
-    _, cols = _pool_windows(x, window, stride, padding)
+    cols = _pool_windows(x, window, stride, padding)
     best, arg = cols[0], jnp.zeros(cols[0].shape, jnp.int8)
     for k, col in enumerate(cols[1:], 1):
         wins = col > best # strict: the first maximum keeps the gradient, as in PyTorch
@@ -212,12 +212,7 @@ def max_pool(x: jax.Array, # [n, h, w, c]
         return argmax_max_pool(x, window, stride, padding)
     if impl == "lax" or not (policy.slice_max_pool or x.shape[-1] <= policy.slice_max_pool_max_channels):
         return nn.max_pool(x, (window, window), (stride, stride), padding)
-    x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-    n, h, w, c = x.shape
-    oh, ow = _out_size(h, window, stride, (0, 0)), _out_size(w, window, stride, (0, 0))
-    cols = [lax.slice(x, (0, i, j, 0), (n, i + (oh - 1)*stride + 1, j + (ow - 1)*stride + 1, c), (1, stride, stride, 1))
-            for i in range(window) for j in range(window)]
-    return functools.reduce(jnp.maximum, cols)
+    return functools.reduce(jnp.maximum, _pool_windows(x, window, stride, padding))
 
 # %% ../nbs/03_models.ipynb #19b8883d
 def _rel_err(a, b) -> float:

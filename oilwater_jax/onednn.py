@@ -12,7 +12,6 @@ from functools import lru_cache
 from pathlib import Path
 import numpy as np
 import jax, jax.numpy as jnp
-from jax import lax
 from jax.custom_batching import custom_vmap
 from .core import OilwaterError, cache_dir
 
@@ -220,12 +219,6 @@ def onednn_available() -> bool:
     return True
 
 # %% ../nbs/03a_onednn.ipynb #964e1c52
-def _out_hw(input_hw, kernel_hw, strides, padding):
-    return tuple((h + p[0] + p[1] - k)//s + 1 for h, k, s, p in zip(input_hw, kernel_hw, strides, padding))
-
-def _lax_conv(x, kernel, strides, padding):
-    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
 def _mapped(fn, axis_size, batched, *args):
     "`vmap(fn)` over `args`, broadcasting the unbatched ones."
     args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, batched)]
@@ -239,19 +232,18 @@ def _fold(fn, a, b):
 @lru_cache(None)
 def _onednn_ops(strides: tuple[int, int], padding: tuple[tuple[int, int], ...], input_hw: tuple[int, int],
                 kernel_hw: tuple[int, int]):
+    "The oneDNN convolution of one geometry, a differentiable and vmappable function of (x, kernel)."
+    # XLA's own operations for the mapped cases, as `models` writes them (imported here: `models` imports this module)
+    from oilwater_jax.models import lax_conv, _lax_input_grad, conv_weight_grad, _out_size
     _register()
     attrs = dict(zip(("sh", "sw"), map(np.int64, strides)),
                  **dict(zip(("pt", "pb", "pl", "pr"), map(np.int64, (*padding[0], *padding[1])))))
-    output_hw = _out_hw(input_hw, kernel_hw, strides, padding)
+    output_hw = tuple(_out_size(*args) for args in zip(input_hw, kernel_hw, strides, padding))
     call = lambda name, shape, *args: jax.ffi.ffi_call(f"oilwater_onednn_{name}",
                                                        jax.ShapeDtypeStruct(shape, jnp.float32))(*args, **attrs)
-    lax_fwd = lambda x, w: _lax_conv(x, w, strides, padding)
-    def lax_bwd_data(g, w):
-        x_shape = jax.ShapeDtypeStruct((g.shape[0], *input_hw, w.shape[2]), g.dtype)
-        return jax.linear_transpose(lambda x: lax_fwd(x, w), x_shape)(g)[0]
-    def im2col_bwd_weights(x, g):
-        from oilwater_jax.models import conv_weight_grad
-        return conv_weight_grad(x, g, (*kernel_hw, x.shape[-1], g.shape[-1]), strides, padding)
+    lax_fwd = lambda x, w: lax_conv(x, w, strides, padding)
+    lax_bwd_data = lambda g, w: _lax_input_grad(g, w, strides, padding, (g.shape[0], *input_hw, w.shape[2]))
+    im2col_bwd_weights = lambda x, g: conv_weight_grad(x, g, (*kernel_hw, x.shape[-1], g.shape[-1]), strides, padding)
 
     @custom_vmap
     def raw_fwd(x, w): return call("fwd", (x.shape[0], *output_hw, w.shape[3]), x, w)
@@ -279,7 +271,7 @@ def _onednn_ops(strides: tuple[int, int], padding: tuple[tuple[int, int], ...], 
     conv.defvjp(lambda x, w: (conv(x, w), (x, w)), lambda r, c: (bwd_data(c, r[1]), bwd_weights(r[0], c)))
     bwd_data.defvjp(lambda g, w: (bwd_data(g, w), (g, w)), lambda r, c: (conv(c, r[1]), bwd_weights(c, r[0])))
     bwd_weights.defvjp(lambda x, g: (bwd_weights(x, g), (x, g)), lambda r, c: (bwd_data(r[1], c), conv(r[0], c)))
-    return conv, bwd_data, bwd_weights
+    return conv
 
 # %% ../nbs/03a_onednn.ipynb #044b79c1
 def onednn_conv(x: jax.Array, # [n, h, w, c_in] float32
@@ -294,4 +286,4 @@ def onednn_conv(x: jax.Array, # [n, h, w, c_in] float32
         raise OilwaterError(f"onednn_conv: x {x.shape} (NHWC) and kernel {kernel.shape} (HWIO) do not match.")
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _onednn_ops(strides, padding, tuple(x.shape[1:3]), tuple(kernel.shape[:2]))[0](x, kernel)
+    return _onednn_ops(strides, padding, tuple(x.shape[1:3]), tuple(kernel.shape[:2]))(x, kernel)
